@@ -1,0 +1,81 @@
+"""``iipy``: the command for people.
+
+  iipy --version
+  iipy info FILE.fits[EXT]     what the server reports for a file (OBJ answers, header)
+  iipy settings [--rst]        every setting, its effective value (or the README table)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from . import __version__
+
+METADATA_OBJECTS = ("IIP,1.0", "max-size", "tile-size", "resolution-number",
+                    "bits-per-channel", "min-max-sample-values", "resolutions")
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .app import Application
+    from .images import resolve, split_selector
+    from .settings import Settings
+
+    name, selector = split_selector(args.file)
+    path = os.path.abspath(name)
+    settings = Settings.from_environ().replace(
+        filesystem_prefix=os.path.dirname(path) + "/", filesystem_suffix="", verbosity=0)
+    fif = os.path.basename(path) + ("[%s]" % selector if selector else "")
+    app = Application(settings)
+    query = "FIF=" + fif + "".join("&obj=" + o for o in METADATA_OBJECTS)
+    response = app.handle({"QUERY_STRING": query})
+    if response.status != 200:
+        sys.stderr.write("iipy info: %s: %s\n" % (args.file, response.body.decode(
+            "utf-8", "replace").strip() or response.status))
+        return 1
+    sys.stdout.write(response.body.decode("utf-8", "replace").replace("\r\n", "\n"))
+    fits_image = app.store.open(resolve(fif, settings)).fits
+    print("Channels:%d%s" % (fits_image.channels, "".join(
+        " " + (label or "-") for label in fits_image.labels) if fits_image.channels > 1 else ""))
+    print("BITPIX:%d BSCALE:%g BZERO:%g BLANK:%s" % (fits_image.bitpix, fits_image.bscale,
+                                                      fits_image.bzero, fits_image.blank))
+    if args.header:
+        subject = fits_image.subject()
+        print("subject (%d bytes):" % len(subject))
+        for i in range(0, len(subject), 80):
+            print("  " + subject[i : i + 80].rstrip())
+    return 0
+
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    from .settings import Settings, settings_table_rst
+
+    if args.rst:
+        print(settings_table_rst())
+        return 0
+    for name, value in Settings.from_environ().describe():
+        print("%s=%s" % (name, oct(value) if name == "IIPY_SOCKET_MODE" else value))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="iipy", description="IIP image server for FITS files")
+    parser.add_argument("--version", action="version", version="iipy " + __version__)
+    sub = parser.add_subparsers(dest="command")
+    p = sub.add_parser("info", help="show what the server reports for a FITS file")
+    p.add_argument("file", help="FITS file, optionally with an extension selector: f.fits[2]")
+    p.add_argument("--header", action="store_true", help="also print the header sent as subject")
+    p.set_defaults(func=cmd_info)
+    p = sub.add_parser("settings", help="list the settings and their effective values")
+    p.add_argument("--rst", action="store_true", help="print the README table instead")
+    p.set_defaults(func=cmd_settings)
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,304 @@
+"""FITS images: the only module that imports astropy.
+
+An image is opened once per worker through a memory map with
+``do_not_scale_image_data=True``: windows are views of the raw (big-endian) samples and
+``kernels.to_float32`` applies BLANK, BSCALE and BZERO and the vertical flip while it
+converts, so reading a tile never scales (or even touches) the rest of the image.
+
+Orientation (iip-protocol.md §7.6): IIP row 0 is the top of the displayed image, which
+is the *last* FITS row (y = NAXIS2).  Every window this module returns is in IIP order.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+from astropy.io import fits
+
+from . import kernels
+from .errors import BadArgument, FileNotFound, InternalRequestError
+from .images import ImageRef
+
+log = logging.getLogger(__name__)
+
+
+class UnsupportedFile(InternalRequestError):
+    """Not a FITS file: iipsrv answers unsupported types with its HTML page (400)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DisplayRange:
+    lo: float
+    hi: float
+
+
+def is_fits(head: bytes) -> bool:
+    """FITS standard: the first card is ``SIMPLE  =`` with ``T`` in column 30."""
+    return head.startswith(b"SIMPLE  =") and head[29:30] == b"T"
+
+
+class FitsImage:
+    """One image HDU (2-D, or a cube whose planes are channels) of a FITS file."""
+
+    def __init__(self, ref: ImageRef):
+        self.ref = ref
+        try:
+            with open(ref.path, "rb") as f:
+                head = f.read(80)
+        except OSError:
+            raise FileNotFound("Unable to open file '%s'" % ref.fif) from None
+        if len(head) < 10:
+            raise FileNotFound("Unable to read initial byte sequence from file '%s'" % ref.fif)
+        if head[:2] == b"\x1f\x8b":
+            raise BadArgument(
+                "%s is gzip-compressed: decompress it (gunzip) or tile-compress it "
+                "(fpack) to serve it" % ref.fif
+            )
+        if not is_fits(head):
+            raise UnsupportedFile("%s: unsupported file type" % ref.fif)
+        try:
+            self._hdul = fits.open(ref.path, memmap=True, do_not_scale_image_data=True,
+                                   mode="readonly")
+            self._hdu = _select_hdu(self._hdul, ref.selector)
+        except FileNotFound:
+            self.close()
+            raise
+        except Exception as exc:  # astropy raises many types for damaged files
+            self.close()
+            log.warning("cannot read %s: %s", ref.path, exc)
+            raise FileNotFound("Unable to read FITS file '%s'" % ref.fif) from None
+        hdr = self._hdu.header
+        naxis = hdr.get("NAXIS", 0)
+        self.width = int(hdr["NAXIS1"])
+        self.height = int(hdr["NAXIS2"])
+        self.channels = int(hdr["NAXIS3"]) if naxis >= 3 else 1
+        self.compressed = isinstance(self._hdu, fits.CompImageHDU)
+        self.bitpix = int(hdr["BITPIX"])
+        if self.compressed:
+            # astropy decompresses tiles of a section already scaled
+            self.bscale, self.bzero, self.blank = 1.0, 0.0, None
+        else:
+            self.bscale = float(hdr.get("BSCALE", 1.0))
+            self.bzero = float(hdr.get("BZERO", 0.0))
+            blank = hdr.get("BLANK")
+            self.blank = int(blank) if isinstance(blank, (int, np.integer)) and self.bitpix > 0 else None
+        self.is_float = self.bitpix < 0 or self.bscale != int(self.bscale) or self.bzero != int(self.bzero)
+        self.bits_per_channel = 32 if self.bitpix < 0 else min(abs(self.bitpix), 32)
+        self._naxis = naxis
+        self._raw = self._raw_cube(naxis)
+        self.labels = channel_labels(hdr, self.channels)
+        self._subject: str | None = None
+
+    # --- data ---------------------------------------------------------------------------
+
+    def _raw_cube(self, naxis: int):
+        """A (C, H, W) view of the raw samples (memory map; compressed: the section)."""
+        if self.compressed:
+            return self._hdu.section
+        data = self._hdu.data
+        if data is None:
+            raise FileNotFound("No image data in '%s'" % self.ref.fif)
+        if naxis == 2:
+            return data[np.newaxis]
+        return data[(0,) * (naxis - 3)]
+
+    def read(self, channel: int, x: int, y: int, w: int, h: int,
+             out: np.ndarray | None = None) -> np.ndarray:
+        """Full-resolution window (IIP coordinates) of one channel as float32 (h, w)."""
+        top = self.height - y - h
+        if self.compressed:
+            lead = (0,) * (self._naxis - 3) + (channel,) if self._naxis >= 3 else ()
+            raw = np.asarray(self._raw[lead + (slice(top, top + h), slice(x, x + w))])
+        else:
+            raw = self._raw[channel, top : top + h, x : x + w]
+        return kernels.to_float32(raw, self.bscale, self.bzero, self.blank, flip=True, out=out)
+
+    def values(self, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """Calibrated values (raw * BSCALE + BZERO, BLANK as NaN) of a full-resolution
+        window of every channel, float64 (C, h, w) in IIP orientation: exact for every
+        integer BITPIX, unlike the float32 used for display."""
+        top = self.height - y - h
+        out = np.empty((self.channels, h, w), np.float64)
+        for c in range(self.channels):
+            if self.compressed:
+                lead = (0,) * (self._naxis - 3) + (c,) if self._naxis >= 3 else ()
+                raw = np.asarray(self._raw[lead + (slice(top, top + h), slice(x, x + w))])
+            else:
+                raw = np.asarray(self._raw[c, top : top + h, x : x + w])
+            vals = raw[::-1].astype(np.float64)
+            if self.blank is not None:
+                vals[raw[::-1] == self.blank] = np.nan
+            out[c] = vals * self.bscale + self.bzero
+        return out
+
+    @property
+    def header(self):
+        """The astropy header of the served HDU (read-only use)."""
+        return self._hdu.header
+
+    # --- metadata -------------------------------------------------------------------------
+
+    def subject(self) -> str:
+        """The FITS header as VisiOmatic 2 needs it (iip-protocol.md §12.3)."""
+        if self._subject is None:
+            self._subject = subject_header(self._hdu.header, self.width, self.height,
+                                           self.channels, self.labels)
+        return self._subject
+
+    def close(self) -> None:
+        hdul = getattr(self, "_hdul", None)
+        if hdul is not None:
+            try:
+                hdul.close()
+            except Exception:  # pragma: no cover - closing a damaged file
+                pass
+            self._hdul = None
+
+
+def _is_image(hdu) -> bool:
+    return isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)) and \
+        hdu.header.get("NAXIS", 0) >= 2 and hdu.header.get("NAXIS1", 0) > 0 and \
+        hdu.header.get("NAXIS2", 0) > 0
+
+
+def _select_hdu(hdul, selector: str):
+    """Default: the first image HDU with two or more axes; ``N``: HDU number N
+    (0 is the primary); ``NAME`` or ``NAME,VER``: by EXTNAME (and EXTVER)."""
+    if not selector:
+        for hdu in hdul:
+            if _is_image(hdu):
+                return hdu
+        raise FileNotFound("No image HDU in file")
+    try:
+        if selector.isdigit():
+            hdu = hdul[int(selector)]
+        else:
+            name, _, ver = selector.partition(",")
+            hdu = hdul[(name.strip(), int(ver))] if ver.strip() else hdul[name.strip()]
+    except (KeyError, IndexError, ValueError):
+        raise FileNotFound("No extension [%s] in file" % selector) from None
+    if not _is_image(hdu):
+        raise FileNotFound("Extension [%s] is not an image" % selector)
+    return hdu
+
+
+def robust_range(values: np.ndarray) -> DisplayRange:
+    """Background and noise by iterated 3-sigma clipping of the median and the median
+    absolute deviation; the range is background - 2 MAD to background + 400 MAD, kept
+    within the data and never empty."""
+    v = values[np.isfinite(values)].astype(np.float64, copy=False)
+    if v.size == 0:
+        return DisplayRange(0.0, 1.0)
+    data_lo, data_hi = float(v.min()), float(v.max())
+    med = float(np.median(v))
+    mad = float(np.median(np.abs(v - med)))
+    for _ in range(5):
+        if mad <= 0:
+            break
+        keep = np.abs(v - med) < 3 * 1.4826 * mad
+        if keep.all():
+            break
+        v = v[keep]
+        med = float(np.median(v))
+        mad = float(np.median(np.abs(v - med)))
+    if mad > 0:
+        lo, hi = max(med - 2 * mad, data_lo), min(med + 400 * mad, data_hi)
+    else:
+        lo, hi = data_lo, data_hi
+    if not lo < hi:
+        lo, hi = data_lo, data_hi
+    if not lo < hi:
+        hi = lo + 1.0
+    return DisplayRange(lo, hi)
+
+
+_CHAN_RE = re.compile(r"^CHAN(\d{4})$")
+
+
+def channel_labels(hdr, channels: int) -> list[str]:
+    """Per-plane labels: CHANnnnn cards, else FILTERn or BANDn, else none."""
+    labels = [""] * channels
+    for i in range(channels):
+        for key in ("CHAN%04d" % (i + 1), "FILTER%d" % (i + 1), "BAND%d" % (i + 1)):
+            value = hdr.get(key)
+            if isinstance(value, str) and value.strip():
+                labels[i] = value.strip()
+                break
+    if channels == 1 and not labels[0]:
+        value = hdr.get("FILTER") or hdr.get("BAND")
+        if isinstance(value, str) and value.strip():
+            labels[0] = value.strip()
+    return labels
+
+
+_DROP_ALWAYS = {"LATPOLE", "END", "SIMPLE", "XTENSION", "BITPIX", "NAXIS", "EXTEND",
+                "PCOUNT", "GCOUNT", "ZIMAGE", "CHECKSUM", "DATASUM"}
+_NAXIS_RE = re.compile(r"^NAXIS\d+$")
+_WCS2_RE = re.compile(r"^(CDELT[12]|CROTA[12]|PC0*[12]_0*[12]|CD0*[12]_0*[12]|CHAN\d{4})$")
+
+
+def cd_matrix(hdr) -> list[list[float]] | None:
+    """The 2x2 CD matrix of the celestial axes, from CDi_j, or CDELTi with PCi_j, or
+    CDELTi with CROTA2; None without any of them."""
+    def get(key, default):
+        value = hdr.get(key, default)
+        return float(value) if isinstance(value, (int, float)) else default
+
+    if any(k in hdr for k in ("CD1_1", "CD1_2", "CD2_1", "CD2_2")):
+        return [[get("CD1_1", 0.0), get("CD1_2", 0.0)], [get("CD2_1", 0.0), get("CD2_2", 0.0)]]
+    if not any(k in hdr for k in ("CDELT1", "CDELT2", "PC1_1", "PC1_2", "PC2_1", "PC2_2")):
+        return None
+    d1, d2 = get("CDELT1", 1.0), get("CDELT2", 1.0)
+    if any(k in hdr for k in ("PC1_1", "PC1_2", "PC2_1", "PC2_2")):
+        pc = [[get("PC1_1", 1.0), get("PC1_2", 0.0)], [get("PC2_1", 0.0), get("PC2_2", 1.0)]]
+        return [[d1 * pc[0][0], d1 * pc[0][1]], [d2 * pc[1][0], d2 * pc[1][1]]]
+    rho = math.radians(get("CROTA2", 0.0))
+    c, s = math.cos(rho), math.sin(rho)
+    return [[d1 * c, -d2 * s], [d1 * s, d2 * c]]
+
+
+def subject_header(hdr, width: int, height: int, channels: int, labels: list[str]) -> str:
+    """80-character cards without separators, ending with END: NAXISi equal to what is
+    served, a CD matrix instead of CDELT/PC/CROTA, CHANnnnn labels, no LATPOLE, and every
+    value re-serialised (so numbers carry ``E`` exponents, never Fortran ``D``)."""
+    cards = [fits.Card("SIMPLE", True, "conforms to FITS standard"),
+             fits.Card("BITPIX", int(hdr.get("BITPIX", -32)), "array data type"),
+             fits.Card("NAXIS", 3 if channels > 1 else 2, "number of array dimensions"),
+             fits.Card("NAXIS1", width), fits.Card("NAXIS2", height)]
+    if channels > 1:
+        cards.append(fits.Card("NAXIS3", channels))
+    cd = cd_matrix(hdr)
+    cd_cards = []
+    if cd is not None:
+        for i in range(2):
+            for j in range(2):
+                cd_cards.append(fits.Card("CD%d_%d" % (i + 1, j + 1), cd[i][j]))
+    inserted = False
+    for card in hdr.cards:
+        try:
+            key = card.keyword
+            if key in _DROP_ALWAYS or _NAXIS_RE.match(key) or _WCS2_RE.match(key):
+                continue
+            value = card.value
+            if isinstance(value, float) and not math.isfinite(value):
+                continue
+            if key in ("COMMENT", "HISTORY", ""):
+                cards.append(fits.Card(key, str(value)))
+            else:
+                cards.append(fits.Card(key, value, card.comment))
+        except Exception:  # a card astropy cannot parse: leave it out
+            continue
+        if key == "CRVAL2" and not inserted:
+            cards.extend(cd_cards)
+            inserted = True
+    if not inserted:
+        cards.extend(cd_cards)
+    for i, label in enumerate(labels):
+        if label and channels > 1:
+            cards.append(fits.Card("CHAN%04d" % (i + 1), label))
+    header = fits.Header(cards)
+    return header.tostring(sep="", endcard=True, padding=False)

@@ -1,0 +1,187 @@
+"""The IIP request syntax: a query string to a frozen ``IIPRequest``, and the
+argument grammars of the commands.  Pure: no I/O, no numpy.
+
+The rules are iipsrv's (iip-protocol.md §3): split on ``&`` only, key and argument at
+the first ``=``, a token without ``=`` is its own argument (``&INV``), empty keys or
+arguments are dropped, names are case-insensitive, only FIF (and the path-like
+protocols) are URL-decoded, and numbers are read with C's ``atoi``/``atof``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .settings import atof, atoi
+
+#: Commands that only change per-request state.
+MODIFIERS = frozenset(
+    "fif qlt sds minmax cnt gam wid hei rgn rot shd cmp inv lyr ctw col icc".split()
+)
+#: Commands that write a whole response.
+OUTPUTS = frozenset("jtl jtls til cvt pfl spectra zoomify deepzoom iiif".split())
+#: Every command name iipy knows (lower case).
+KNOWN = MODIFIERS | OUTPUTS | {"obj"}
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    name: str  # lower case
+    raw_name: str  # as sent (error 2 2 echoes it)
+    arg: str  # URL-decoded for FIF and the path-like protocols, raw otherwise
+
+
+@dataclass(frozen=True, slots=True)
+class IIPRequest:
+    query: str  # the request string as received (error 2 1 echoes it)
+    commands: tuple[Command, ...]
+
+
+_DECODED = frozenset({"fif", "iiif", "zoomify", "deepzoom"})
+_HEX = "0123456789abcdefABCDEF"
+
+
+def url_decode(text: str) -> str:
+    """iipsrv's decoder: ``+`` is a space, ``%XY`` a byte, ``%00`` is dropped, a ``%`` not
+    followed by two hex digits stays.  The bytes are read as UTF-8 (surrogate escapes
+    keep undecodable bytes, so a path round-trips to the file system)."""
+    if "%" not in text and "+" not in text:
+        return text
+    raw = text.encode("utf-8", "surrogateescape")
+    out = bytearray()
+    i, n = 0, len(raw)
+    while i < n:
+        c = raw[i]
+        if c == 0x2B:  # '+'
+            out.append(0x20)
+            i += 1
+        elif c == 0x25 and i + 2 < n and chr(raw[i + 1]) in _HEX and chr(raw[i + 2]) in _HEX:
+            byte = int(raw[i + 1 : i + 3], 16)
+            if byte != 0:
+                out.append(byte)
+            i += 3
+        else:
+            out.append(c)
+            i += 1
+    return out.decode("utf-8", "surrogateescape")
+
+
+def parse(query: str) -> IIPRequest:
+    """Split a query string into commands, in order (iip-protocol.md §3.2)."""
+    commands = []
+    for token in query.split("&"):
+        if not token:
+            continue
+        key, sep, arg = token.partition("=")
+        if not sep:
+            arg = token
+        if not key or not arg:
+            continue
+        name = key.lower()
+        if name in _DECODED:
+            arg = url_decode(arg)
+        commands.append(Command(name, key, arg))
+    return IIPRequest(query, tuple(commands))
+
+
+def map_uri(request_uri: str, uri_map: str) -> str | None:
+    """URI_MAP (``prefix=>protocol``): the request string for a mapped REQUEST_URI, or
+    None when the mapping does not apply (iip-protocol.md §3.1)."""
+    prefix, sep, protocol = uri_map.partition("=>")
+    if not sep:
+        return None
+    prefix = prefix.strip().strip("/")
+    command = {"iip": "fif", "iiif": "iiif", "zoomify": "zoomify", "deepzoom": "deepzoom"}.get(
+        protocol.strip().lower()
+    )
+    if command is None:
+        return None
+    path = request_uri.split("?", 1)[0]
+    lead = "/" + prefix if prefix else ""
+    if not path.startswith(lead):
+        return None
+    rest = path[len(lead) :].lstrip("/")
+    return "%s=%s" % (command, rest)
+
+
+# --- argument grammars ---------------------------------------------------------------
+
+
+def int_pair(arg: str) -> tuple[int, int]:
+    """``a,b`` with atoi; without a comma the whole text gives both (``JTL=1`` is 1,1)."""
+    a, sep, b = arg.partition(",")
+    if not sep:
+        return atoi(arg), atoi(arg)
+    return atoi(a), atoi(b)
+
+
+def jtls(arg: str) -> tuple[int, int, int, int] | None:
+    """``h,res,tile,v``: None unless four values are present."""
+    parts = arg.split(",")
+    if len(parts) < 4:
+        return None
+    return atoi(parts[0]), atoi(parts[1]), atoi(parts[2]), atoi(parts[3])
+
+
+def minmax(arg: str) -> tuple[int, float, float] | None:
+    """``chan:min,max`` with a 1-based channel: (0-based channel, min, max)."""
+    chan, sep, rest = arg.partition(":")
+    if not sep:
+        return None
+    lo, sep, hi = rest.partition(",")
+    if not sep:
+        return None
+    return atoi(chan) - 1, atof(lo), atof(hi)
+
+
+def ctw(arg: str) -> list[list[float]]:
+    """``[r0c0,r0c1;r1c0,...]`` (brackets optional): the rows of the matrix."""
+    start, end = arg.find("["), arg.rfind("]")
+    if start != -1 and end != -1 and end > start:
+        arg = arg[start + 1 : end]
+    return [[atof(v) for v in row.split(",")] for row in arg.split(";")]
+
+
+def rgn(arg: str) -> tuple[float, float, float, float] | None:
+    """``x,y,w,h`` fractions, clamped as R11 clamps them; None if ignored."""
+    parts = arg.split(",")
+    if len(parts) < 4:
+        return None
+    x, y, w, h = (atof(p) for p in parts[:4])
+    if not (w > 0 and h > 0):
+        return None
+    x = min(max(x, 0.0), 1.0)
+    y = min(max(y, 0.0), 1.0)
+    if x + w > 1.0:
+        w = 1.0 - x
+    w = min(max(w, 0.0), 1.0)
+    h = min(max(h, 0.0), 1.0)
+    return x, y, w, h
+
+
+def rot(arg: str) -> tuple[int, bool]:
+    """``[!]angle``: (angle in {0, 90, 180, 270} or 0 if not a multiple of 90, mirror)."""
+    mirror = arg.startswith("!")
+    angle_f = atof(arg[1:] if mirror else arg)
+    angle = int(angle_f) % 360
+    if angle % 90 != 0:
+        angle = 0
+    return angle, mirror
+
+
+_PFL_RE = re.compile(r"^([^:]*):(.*)$")
+
+
+def pfl(arg: str) -> tuple[int, int, int, int, int] | None:
+    """``res:x1,y1[-x2,y2]``: (res, x1, y1, x2, y2); a single point without ``-``."""
+    m = _PFL_RE.match(arg)
+    if not m:
+        return None
+    res = atoi(m.group(1))
+    first, sep, second = m.group(2).partition("-")
+    x1, y1 = int_pair(first)
+    if sep:
+        x2, y2 = int_pair(second)
+    else:
+        x2, y2 = x1, y1
+    return res, x1, y1, x2, y2

@@ -1,0 +1,157 @@
+"""Responses as iipsrv writes them: CGI header lines in iipsrv's order, a blank line,
+the body (iip-protocol.md §8).
+
+Two deliberate differences from iipsrv 1.1, both supersets: every response with a body
+carries ``Content-Length`` (last, unless iipsrv already sends it), and when CORS is set
+the two CORS lines are on every response, not only on the text ones.
+"""
+
+from __future__ import annotations
+
+import email.utils
+from dataclasses import dataclass
+
+from .settings import Settings
+
+Headers = tuple[tuple[str, str], ...]
+
+ADVERT_HTML = (
+    b'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+    b"<title>iipy: IIP image server</title></head><body>"
+    b"<h1>iipy</h1><p>An IIP image server for FITS files, compatible with iipsrv "
+    b"(IIPImage) clients.</p><p>This address answers IIP requests such as "
+    b"<code>?FIF=image.fits&amp;obj=IIP,1.0&amp;obj=max-size</code>.</p></body></html>"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    headers: Headers
+    body: bytes
+
+    def to_bytes(self) -> bytes:
+        """The exact bytes written to FCGI_STDOUT."""
+        head = "".join("%s: %s\r\n" % hv for hv in self.headers)
+        return head.encode("latin-1") + b"\r\n" + self.body
+
+    def header(self, name: str) -> str | None:
+        lname = name.lower()
+        for k, v in self.headers:
+            if k.lower() == lname:
+                return v
+        return None
+
+    @property
+    def cacheable(self) -> bool:
+        return self.status == 200
+
+
+def http_date(timestamp: float) -> str:
+    """``Sat, 21 Nov 2026 05:31:43 GMT``."""
+    return email.utils.formatdate(int(timestamp), usegmt=True)
+
+
+class Responder:
+    """Builds every kind of response for one configuration."""
+
+    def __init__(self, settings: Settings):
+        self.server = ("Server", settings.server_token)
+        self.cache_control = ("Cache-Control", settings.cache_control)
+        if settings.cors:
+            self.cors: Headers = (
+                ("Access-Control-Allow-Origin", settings.cors),
+                ("Access-Control-Allow-Headers", "X-Requested-With"),
+            )
+        else:
+            self.cors = ()
+
+    @staticmethod
+    def _finish(status: int, headers: list[tuple[str, str]], body: bytes) -> Response:
+        if status != 304 and not any(k == "Content-Length" for k, _ in headers):
+            headers.append(("Content-Length", str(len(body))))
+        return Response(status, tuple(headers), body)
+
+    # --- successful answers -----------------------------------------------------------
+
+    def obj_text(self, body: bytes, mtime: float | None) -> Response:
+        headers = [self.server, ("X-Powered-By", "IIPImage"), self.cache_control]
+        if mtime is not None:
+            headers.append(("Last-Modified", http_date(mtime)))
+        headers.append(("Content-Type", "application/vnd.netfpx"))
+        headers.extend(self.cors)
+        return self._finish(200, headers, body)
+
+    def tile(self, jpeg: bytes, mtime: float, content_type: str = "image/jpeg") -> Response:
+        headers = [
+            self.server,
+            ("X-Powered-By", "IIPImage"),
+            ("Content-Type", content_type),
+            ("Content-Length", str(len(jpeg))),
+            ("Last-Modified", http_date(mtime)),
+            self.cache_control,
+        ]
+        headers.extend(self.cors)
+        return self._finish(200, headers, jpeg)
+
+    def export(self, data: bytes, mtime: float, filename: str,
+               content_type: str = "image/jpeg") -> Response:
+        headers = [
+            self.server,
+            ("X-Powered-By", "IIPImage"),
+            self.cache_control,
+            ("Last-Modified", http_date(mtime)),
+            ("Content-Type", content_type),
+            ("Content-Disposition", 'inline;filename="%s"' % filename),
+        ]
+        headers.extend(self.cors)
+        return self._finish(200, headers, data)
+
+    def document(self, body: bytes, mtime: float, content_type: str) -> Response:
+        """PFL (JSON), SPECTRA, Zoomify and DeepZoom (XML), TIL."""
+        headers = [self.server, ("Content-Type", content_type),
+                   ("Last-Modified", http_date(mtime)), self.cache_control]
+        headers.extend(self.cors)
+        return self._finish(200, headers, body)
+
+    # --- errors -------------------------------------------------------------------------
+
+    def iip_error(self, lines: list[tuple[str, str]]) -> Response:
+        """One ``Error/<n>:<code> <arg>`` line per error; each line is cut after 31
+        characters while ``<n>`` counts the whole text (iipsrv's 32-byte buffer)."""
+        body = b"".join(_error_line(code, arg) for code, arg in lines)
+        headers = [self.server, ("Cache-Control", "no-cache"),
+                   ("Content-Type", "application/vnd.netfpx")]
+        headers.extend(self.cors)
+        headers.append(("Status", "400 Bad Request"))
+        headers.append(("Content-Disposition",
+                        'inline;filename="IIPisAMadGameClosedToOurUnderstanding.netfpx"'))
+        return self._finish(400, headers, body)
+
+    def http_error(self, status: str, message: str) -> Response:
+        headers = [("Status", status), self.server]
+        headers.extend(self.cors)
+        return self._finish(int(status.split()[0]), headers,
+                            message.encode("utf-8", "surrogateescape"))
+
+    def not_modified(self) -> Response:
+        return self._finish(304, [("Status", "304 Not Modified"), self.server], b"")
+
+    def advert(self) -> Response:
+        headers = [self.server, ("Content-Type", "text/html"), ("Status", "400 Bad Request"),
+                   ("Content-Disposition", 'inline;filename="iipsrv.html"')]
+        headers.extend(self.cors)
+        return self._finish(400, headers, ADVERT_HTML)
+
+    def internal_error(self) -> Response:
+        headers = [("Status", "500 Internal Server Error"), self.server,
+                   ("Content-Type", "text/plain")]
+        headers.extend(self.cors)
+        return self._finish(500, headers, b"Internal Server Error")
+
+
+def _error_line(code: str, arg: str) -> bytes:
+    text = "%s %s" % (code, arg)
+    raw = text.encode("utf-8", "surrogateescape")
+    line = b"Error/%d:" % len(raw) + raw
+    return line[:31] + b"\r\n"

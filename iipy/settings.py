@@ -1,0 +1,262 @@
+"""Start-up configuration: iipsrv's environment variables, read once.
+
+``SETTINGS`` is the one table of every variable iipy reads: iipsrv's own names with
+iipsrv's parsing (C ``atoi``/``atof`` and the same clamping) and defaults, plus the
+iipy-only ``IIPY_*`` variables.  ``Settings.from_environ`` is the only reader of the
+environment; the result is frozen and passed down explicitly.  The README table and
+``iipy settings`` are generated from ``SETTINGS``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+log = logging.getLogger(__name__)
+
+_INT_RE = re.compile(r"\s*([+-]?\d+)")
+_FLOAT_RE = re.compile(
+    r"\s*([+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|inf(?:inity)?|nan))", re.IGNORECASE
+)
+
+
+def atoi(text: str) -> int:
+    """C ``atoi``: leading blanks skipped, longest integer prefix, 0 if none."""
+    m = _INT_RE.match(text)
+    return int(m.group(1)) if m else 0
+
+
+def atof(text: str) -> float:
+    """C ``atof``: leading blanks skipped, longest float prefix, 0.0 if none."""
+    m = _FLOAT_RE.match(text)
+    return float(m.group(1)) if m else 0.0
+
+
+def c_int(lo: int | None = None, hi: int | None = None) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = atoi(text)
+        if lo is not None and value < lo:
+            value = lo
+        if hi is not None and value > hi:
+            value = hi
+        return value
+
+    return parse
+
+
+def c_float(lo: float | None = None, hi: float | None = None) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = atof(text)
+        if lo is not None and value < lo:
+            value = lo
+        if hi is not None and value > hi:
+            value = hi
+        return value
+
+    return parse
+
+
+def c_bool(text: str) -> bool:
+    """iipsrv's boolean switches: ``atoi(text) != 0`` (so ``yes`` is false)."""
+    return atoi(text) != 0
+
+
+def c_str(text: str) -> str:
+    return text
+
+
+def max_cvt(text: str) -> int:
+    """R11: values below 64 become 64 (so -1 does not disable the limit)."""
+    return max(64, atoi(text))
+
+
+def octal_mode(text: str) -> int:
+    try:
+        return int(text, 8) & 0o777
+    except ValueError:
+        return 0o666
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    env: str  # iipsrv's name, unchanged; settings only iipy has are IIPY_*
+    field: str  # attribute of Settings
+    parse: Callable[[str], Any]
+    default: Any  # a value, or a zero-argument callable computing it
+    doc: str
+    ignored: bool = False  # accepted for compatibility, no effect on FITS
+
+
+def _cpu_count() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or "/var/tmp"
+    return os.path.join(base, "iipy-%d" % os.getuid())
+
+
+SETTINGS: tuple[Setting, ...] = (
+    # --- iipsrv 1.1 variables -------------------------------------------------------
+    Setting("VERBOSITY", "verbosity", c_int(lo=0), 1,
+            "Log level: 0 silent, 1 start-up summary and errors, 2 one line per request "
+            "with its timings, 3 and more: details."),
+    Setting("LOGFILE", "logfile", c_str, "/tmp/iipsrv.log",
+            "Log file, appended to; `syslog` logs to syslog; `-` logs to standard error."),
+    Setting("MAX_IMAGE_CACHE_SIZE", "max_image_cache_size", c_float(lo=0.0), 10.0,
+            "Per-process in-memory tile cache, in MB."),
+    Setting("FILESYSTEM_PREFIX", "filesystem_prefix", c_str, "",
+            "Prepended to every FIF path (plain concatenation: give the trailing `/`). "
+            "No request can reach a file outside it."),
+    Setting("FILESYSTEM_SUFFIX", "filesystem_suffix", c_str, "",
+            "Appended to every FIF path (iipsrv 1.2)."),
+    Setting("FILENAME_PATTERN", "filename_pattern", c_str, "_pyr_",
+            "Image-sequence file name pattern."),
+    Setting("JPEG_QUALITY", "jpeg_quality", c_int(lo=1, hi=100), 75,
+            "Default JPEG quality, 1-100 (QLT overrides it per request)."),
+    Setting("MAX_CVT", "max_cvt", max_cvt, 5000,
+            "Largest CVT output width or height; values below 64 count as 64."),
+    Setting("ALLOW_UPSCALING", "allow_upscaling", c_bool, True,
+            "CVT may be larger than the resolution level it reads (0 forbids)."),
+    Setting("CORS", "cors", c_str, "",
+            "Value of Access-Control-Allow-Origin; empty: no CORS headers."),
+    Setting("CACHE_CONTROL", "cache_control", c_str, "max-age=86400",
+            "Value of the Cache-Control header on successful responses."),
+    Setting("BASE_URL", "base_url", c_str, "", "Base URL used for IIIF identifiers."),
+    Setting("URI_MAP", "uri_map", c_str, "", "`prefix=>protocol` URI mapping."),
+    Setting("INTERPOLATION", "interpolation", c_int(), 1,
+            "CVT resampling: 0 nearest neighbour, anything else bilinear."),
+    Setting("WATERMARK", "watermark", c_str, "", "Watermark image file."),
+    Setting("WATERMARK_PROBABILITY", "watermark_probability", c_float(lo=0.0, hi=1.0), 1.0,
+            "Chance that a tile gets the watermark."),
+    Setting("WATERMARK_OPACITY", "watermark_opacity", c_float(lo=0.0, hi=1.0), 1.0,
+            "Watermark opacity."),
+    Setting("MEMCACHED_SERVERS", "memcached_servers", c_str, "localhost",
+            "Comma-separated memcached servers, `host[:port]`; empty disables memcached."),
+    Setting("MEMCACHED_TIMEOUT", "memcached_timeout", c_int(lo=0), 86400,
+            "Expiry of memcached entries, in seconds."),
+    Setting("MAX_LAYERS", "max_layers", c_int(), 0,
+            "JPEG2000 quality layers: no effect on FITS.", ignored=True),
+    Setting("EMBED_ICC", "embed_icc", c_int(), 1,
+            "ICC profile embedding: FITS has none.", ignored=True),
+    Setting("KAKADU_READMODE", "kakadu_readmode", c_int(), 0,
+            "Kakadu decoder mode: no effect on FITS.", ignored=True),
+    Setting("DECODER_MODULES", "decoder_modules", c_str, "",
+            "iipsrv decoder plug-ins: no effect.", ignored=True),
+    Setting("OMP_NUM_THREADS", "omp_num_threads", c_int(), 0,
+            "OpenMP threads in iipsrv; iipy uses worker processes (IIPY_WORKERS).",
+            ignored=True),
+    Setting("FCGI_WEB_SERVER_ADDRS", "fcgi_web_server_addrs", c_str, "",
+            "Comma-separated IPv4 addresses allowed to connect over TCP; empty: any."),
+    # --- iipy only --------------------------------------------------------------------
+    Setting("IIPY_WORKERS", "workers", c_int(lo=1, hi=256), _cpu_count,
+            "Worker processes (default: one per CPU)."),
+    Setting("IIPY_TIMEOUT", "timeout", c_float(lo=1.0), 60.0,
+            "Seconds a worker may spend on one request before it is killed and replaced."),
+    Setting("IIPY_MAX_REQUESTS", "max_requests", c_int(lo=0), 0,
+            "Recycle a worker after this many requests (plus up to 10% jitter); 0: never."),
+    Setting("IIPY_SOCKET_MODE", "socket_mode", octal_mode, 0o666,
+            "Permissions (octal) of a unix socket created with --bind."),
+    Setting("IIPY_CACHE_DIR", "cache_dir", c_str, _default_cache_dir,
+            "Directory for the shared reduced-resolution pyramids."),
+    Setting("IIPY_TILE_SIZE", "tile_size", c_int(lo=16, hi=4096), 256,
+            "Tile width and height in pixels."),
+    Setting("IIPY_SERVER", "server_token", c_str, "iipy/%s",
+            "Value of the Server header (`iipsrv/1.1` gives iipsrv's exact bytes)."),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    verbosity: int
+    logfile: str
+    max_image_cache_size: float
+    filesystem_prefix: str
+    filesystem_suffix: str
+    filename_pattern: str
+    jpeg_quality: int
+    max_cvt: int
+    allow_upscaling: bool
+    cors: str
+    cache_control: str
+    base_url: str
+    uri_map: str
+    interpolation: int
+    watermark: str
+    watermark_probability: float
+    watermark_opacity: float
+    memcached_servers: str
+    memcached_timeout: int
+    max_layers: int
+    embed_icc: int
+    kakadu_readmode: int
+    decoder_modules: str
+    omp_num_threads: int
+    fcgi_web_server_addrs: str
+    workers: int
+    timeout: float
+    max_requests: int
+    socket_mode: int
+    cache_dir: str
+    tile_size: int
+    server_token: str
+
+    @classmethod
+    def from_environ(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        """Build the settings from ``env`` (default: ``os.environ``); unset means default."""
+        if env is None:
+            env = os.environ
+        values: dict[str, Any] = {}
+        for s in SETTINGS:
+            if s.env in env:
+                raw = env[s.env]
+                value = s.parse(raw)
+                if s.ignored:
+                    log.debug("%s=%r is accepted and ignored", s.env, raw)
+            else:
+                value = s.default() if callable(s.default) else s.default
+            values[s.field] = value
+        if values["server_token"] == "iipy/%s":
+            from . import __version__
+
+            values["server_token"] = "iipy/" + __version__
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+    def describe(self) -> list[tuple[str, Any]]:
+        """(variable, effective value) pairs, in table order."""
+        return [(s.env, getattr(self, s.field)) for s in SETTINGS]
+
+
+def settings_table_rst() -> str:
+    """The README's settings table, generated from SETTINGS."""
+    rows = [("Variable", "Default", "Meaning")]
+    for s in SETTINGS:
+        default = s.default
+        if callable(default):
+            default = {"IIPY_WORKERS": "number of CPUs",
+                       "IIPY_CACHE_DIR": "$XDG_CACHE_HOME/iipy-UID or /var/tmp/iipy-UID"}[s.env]
+        elif isinstance(default, bool):
+            default = "1" if default else "0"
+        elif s.env == "IIPY_SOCKET_MODE":
+            default = "0666"
+        elif s.env == "IIPY_SERVER":
+            default = "iipy/VERSION"
+        doc = s.doc + (" *Accepted and ignored.*" if s.ignored else "")
+        rows.append(("``%s``" % s.env, "``%s``" % default if default != "" else "(empty)", doc))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    sep = "  ".join("=" * w for w in widths)
+    lines = [sep, "  ".join(c.ljust(w) for c, w in zip(rows[0], widths)).rstrip(), sep]
+    for r in rows[1:]:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    lines.append(sep)
+    return "\n".join(lines)

@@ -1,0 +1,50 @@
+"""The per-worker cache of open images: FITS memory map, tile grid and pyramid,
+keyed by the image's identity so that a changed file is reopened."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from .fitsimage import DisplayRange, FitsImage
+from .geometry import Grid
+from .images import LRU, ImageRef
+from .pyramid import Pyramid
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class OpenImage:
+    ref: ImageRef
+    fits: FitsImage
+    grid: Grid
+    pyramid: Pyramid
+
+    @property
+    def ranges(self) -> list[DisplayRange]:
+        self.pyramid.ensure()
+        return self.pyramid.ranges
+
+
+class ImageStore:
+    def __init__(self, settings: Settings, capacity: int = 64):
+        self.settings = settings
+        self._open: LRU[OpenImage] = LRU(capacity, close=lambda im: im.fits.close())
+
+    def open(self, ref: ImageRef) -> OpenImage:
+        image = self._open.get(ref.key)
+        if image is None:
+            fits_image = FitsImage(ref)
+            grid = Grid(fits_image.width, fits_image.height,
+                        self.settings.tile_size, self.settings.tile_size)
+            image = OpenImage(ref, fits_image, grid,
+                              Pyramid(fits_image, grid, self.settings.cache_dir))
+            self._open.put(ref.key, image)
+            log.debug("opened %s (%dx%dx%d, BITPIX %d)", ref.path, fits_image.width,
+                      fits_image.height, fits_image.channels, fits_image.bitpix)
+        return image
+
+    def clear(self) -> None:
+        self._open.clear()
