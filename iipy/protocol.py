@@ -178,10 +178,12 @@ def pfl(arg: str) -> tuple[int, int, int, int, int] | None:
     if not m:
         return None
     res = atoi(m.group(1))
-    first, sep, second = m.group(2).partition("-")
-    x1, y1 = int_pair(first)
-    if sep:
-        x2, y2 = int_pair(second)
-    else:
+    coords = m.group(2)
+    dash = coords.find("-", coords.find(",") + 1)  # the separator follows the first pair
+    if dash == -1:
+        x1, y1 = int_pair(coords)
         x2, y2 = x1, y1
+    else:
+        x1, y1 = int_pair(coords[:dash])
+        x2, y2 = int_pair(coords[dash + 1 :])
     return res, x1, y1, x2, y2

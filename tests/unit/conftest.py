@@ -1,0 +1,52 @@
+"""Fixtures for the unit tier: small FITS files written in tmp_path, settings, an
+Application called directly (no process, no socket)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from iipy.app import Application
+from iipy.settings import Settings
+
+
+def gradient_uint8(width: int, height: int) -> np.ndarray:
+    """FITS-order (bottom row first) uint8 data whose value encodes the position."""
+    y, x = np.mgrid[0:height, 0:width]
+    return ((x * 7 + y * 3) % 256).astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def image_root(tmp_path_factory):
+    """A FILESYSTEM_PREFIX with the corpus images, and files outside it."""
+    base = tmp_path_factory.mktemp("images")
+    root = base / "root"
+    root.mkdir()
+    (root / "sub").mkdir()
+    fits.PrimaryHDU(gradient_uint8(1001, 701)).writeto(root / "grey.fits")
+    fits.PrimaryHDU(gradient_uint8(300, 200)).writeto(root / "small.fits")
+    fits.PrimaryHDU(gradient_uint8(1001, 701)).writeto(root / "outside.fits")
+    fits.PrimaryHDU(gradient_uint8(64, 64)).writeto(base / "secret.fits")
+    fits.PrimaryHDU(gradient_uint8(64, 64)).writeto(base / "outside.fits")
+    os.symlink(base / "secret.fits", root / "link-out.fits")
+    (root / "notfits.txt").write_text("this is not a FITS file at all\n" * 4)
+    (root / "short.fits").write_bytes(b"SIMPL")
+    return root
+
+
+@pytest.fixture
+def settings(image_root, tmp_path) -> Settings:
+    return Settings.from_environ({
+        "FILESYSTEM_PREFIX": str(image_root) + "/",
+        "IIPY_CACHE_DIR": str(tmp_path / "cache"),
+        "IIPY_SERVER": "iipsrv/1.1",
+        "VERBOSITY": "0",
+    })
+
+
+@pytest.fixture
+def app(settings) -> Application:
+    return Application(settings)

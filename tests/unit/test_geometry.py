@@ -1,0 +1,52 @@
+"""Floor level sizes, number of resolutions, row-major tile windows with partial edges."""
+
+from __future__ import annotations
+
+import pytest
+
+from iipy.geometry import Grid, TileOutOfRange, Window, num_resolutions
+
+
+@pytest.mark.parametrize("w,h,r", [
+    (8192, 8192, 6), (1001, 701, 3), (1025, 513, 3), (513, 200, 2), (256, 256, 1),
+    (100, 50, 1), (983, 1061, 4), (257, 1, 2), (16384, 16384, 7)])
+def test_num_resolutions(w, h, r):
+    assert num_resolutions(w, h, 256, 256) == r
+
+
+def test_resolution_sizes_floor():
+    assert Grid(1001, 701, 256, 256).resolution_sizes() == [(250, 175), (500, 350), (1001, 701)]
+    assert Grid(1025, 513, 256, 256).resolution_sizes() == [(256, 128), (512, 256), (1025, 513)]
+    assert Grid(983, 1061, 256, 256).resolution_sizes() == [
+        (122, 132), (245, 265), (491, 530), (983, 1061)]
+
+
+def test_tile_windows_1001x701():
+    g = Grid(1001, 701, 256, 256)
+    assert g.tiles_across(0) == (4, 3)
+    assert g.tile_window(2, 0) == (0, Window(0, 0, 256, 256))
+    assert g.tile_window(2, 3) == (0, Window(768, 0, 233, 256))
+    assert g.tile_window(2, 11) == (0, Window(768, 512, 233, 189))
+    assert g.tile_window(1, 1) == (1, Window(256, 0, 244, 256))
+    assert g.tile_window(0, 0) == (2, Window(0, 0, 250, 175))
+
+
+def test_tile_grid_1025_matches_client_floor_grid():
+    g = Grid(1025, 513, 256, 256)
+    # level 1 is 512x256: exactly 2x1 tiles (a ceil pyramid would have 3 columns)
+    assert g.tiles_across(1) == (2, 1)
+    assert g.tile_window(1, 1) == (1, Window(256, 0, 256, 256))
+    with pytest.raises(TileOutOfRange):
+        g.tile_window(1, 2)
+
+
+@pytest.mark.parametrize("res,tile", [(3, 0), (-1, 0), (2, 12), (0, 1), (2, -1)])
+def test_out_of_range(res, tile):
+    with pytest.raises(TileOutOfRange):
+        Grid(1001, 701, 256, 256).tile_window(res, tile)
+
+
+def test_extreme_aspect_keeps_one_pixel():
+    g = Grid(5000, 3, 256, 256)
+    assert g.num_resolutions == 6
+    assert g.resolution_sizes()[0] == (156, 1)

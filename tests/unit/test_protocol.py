@@ -1,0 +1,99 @@
+"""The request corpus: one case per file under corpus/.
+
+corpus/parse/*.json: a query and the commands it parses to.
+corpus/answer/*.json: a query and the exact answer (status and body, or its start).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from iipy import protocol
+from iipy.settings import atof, atoi
+
+CORPUS = Path(__file__).parent / "corpus"
+PARSE = sorted((CORPUS / "parse").glob("*.json"))
+ANSWER = sorted((CORPUS / "answer").glob("*.json"))
+
+
+@pytest.mark.parametrize("case", PARSE, ids=[p.stem for p in PARSE])
+def test_parse_corpus(case):
+    spec = json.loads(case.read_text())
+    request = protocol.parse(spec["query"])
+    got = [[c.name, c.raw_name, c.arg] for c in request.commands]
+    assert got == spec["commands"]
+
+
+@pytest.mark.parametrize("case", ANSWER, ids=[p.stem for p in ANSWER])
+def test_answer_corpus(case, app):
+    spec = json.loads(case.read_text())
+    response = app.handle({"QUERY_STRING": spec["query"]})
+    assert response.status == spec["status"]
+    if "body" in spec:
+        assert response.body == spec["body"].encode()
+    if "body_startswith" in spec:
+        assert response.body.startswith(spec["body_startswith"].encode())
+    if "content_type" in spec:
+        assert response.header("Content-Type") == spec["content_type"]
+
+
+@pytest.mark.parametrize("text,value", [
+    ("12abc", 12), ("abc", 0), ("  -7", -7), ("+3", 3), ("", 0), ("0x10", 0), ("1e3", 1)])
+def test_atoi(text, value):
+    assert atoi(text) == value
+
+
+@pytest.mark.parametrize("text,value", [
+    ("1e-3", 0.001), ("abc", 0.0), (" -2.5x", -2.5), (".5", 0.5), ("1.", 1.0),
+    ("1e", 1.0), ("-1.2e+2", -120.0), ("0.3333333333333333", 0.3333333333333333)])
+def test_atof(text, value):
+    assert atof(text) == value
+
+
+def test_int_pair_without_comma_uses_whole_text_twice():
+    assert protocol.int_pair("1") == (1, 1)
+    assert protocol.int_pair("2,5") == (2, 5)
+
+
+def test_minmax_is_one_based_and_lenient():
+    assert protocol.minmax("1:-2.5e-3,1.2e+2") == (0, -0.0025, 120.0)
+    assert protocol.minmax("3:0,5,junk") == (2, 0.0, 5.0)
+    assert protocol.minmax("1:0") is None
+    assert protocol.minmax("nocolon") is None
+
+
+def test_ctw_rows_brackets_optional():
+    assert protocol.ctw("1;1;1") == [[1.0], [1.0], [1.0]]
+    assert protocol.ctw("[0.5,7;1;1]") == [[0.5, 7.0], [1.0], [1.0]]
+    assert protocol.ctw("0,0,1;0,0,1;0,0,1") == [[0, 0, 1]] * 3
+
+
+def test_rgn_clamping_as_iipsrv():
+    assert protocol.rgn("-0.1,-0.1,1.2,1.2") == (0.0, 0.0, 1.0, 1.0)
+    assert protocol.rgn("0.8,0.5,0.5,0.7") == pytest.approx((0.8, 0.5, 0.2, 0.7))
+    assert protocol.rgn("0.1,0.2,0.3") is None
+    assert protocol.rgn("0.1,0.2,0,0.5") is None
+    assert protocol.rgn("1e-1,0,0.5,0.5") == (0.1, 0.0, 0.5, 0.5)
+
+
+def test_rot_forms():
+    assert protocol.rot("90") == (90, False)
+    assert protocol.rot("!180") == (180, True)
+    assert protocol.rot("45") == (0, False)
+    assert protocol.rot("-90") == (270, False)
+
+
+def test_pfl_forms():
+    assert protocol.pfl("2:8,10-12,10") == (2, 8, 10, 12, 10)
+    assert protocol.pfl("3:5,6") == (3, 5, 6, 5, 6)
+    assert protocol.pfl("nocolon") is None
+
+
+def test_uri_map():
+    assert protocol.map_uri("/iiif/image.fits/info.json?x=1", "iiif=>IIIF") == \
+        "iiif=image.fits/info.json"
+    assert protocol.map_uri("/other/x", "iiif=>IIIF") is None
+    assert protocol.map_uri("/x", "broken") is None
