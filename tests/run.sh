@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set up everything and run the whole test suite (unit, contract, end-to-end, parity).
+#   bash tests/run.sh [pytest arguments]
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../conf/bootstrap.sh"
+cd "$IIPY_ROOT"
+exec "$VENV/bin/python" -m pytest -q -rs "$@" tests
