@@ -15,7 +15,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -46,6 +46,23 @@ class Timings:
     read: float = 0.0
     render: float = 0.0
     encode: float = 0.0
+    cache_hit: bool = False
+
+
+class TileCache(Protocol):
+    """Where finished responses are kept (see ``iipy.cache``)."""
+
+    def get(self, key: tuple) -> bytes | None: ...
+
+    def set(self, key: tuple, value: bytes) -> None: ...
+
+
+class NoCache:
+    def get(self, key: tuple) -> bytes | None:
+        return None
+
+    def set(self, key: tuple, value: bytes) -> None:
+        pass
 
 
 @dataclass(slots=True)
@@ -56,6 +73,7 @@ class Context:
     responder: Responder
     store: ImageStore
     if_modified_since: float | None = None
+    cache: TileCache = field(default_factory=NoCache)
     image: OpenImage | None = None
     view: render.View = field(default_factory=render.View)
     width: int = 0
@@ -73,6 +91,20 @@ class Context:
         if self.image is None:
             self.errors.append((ImageUnavailable.code, argument))
         return self.image
+
+    def cached(self, key: tuple, produce: Callable[[], Response]) -> Response:
+        """The response for ``key`` from the cache, or ``produce()`` stored there.
+
+        ``key`` must hold everything that changes the bytes besides the settings: the
+        output command and its arguments, the image identity, the view."""
+        raw = self.cache.get(key)
+        if raw is not None:
+            self.timings.cache_hit = True
+            return Response.from_bytes(raw)
+        response = produce()
+        if response.cacheable:
+            self.cache.set(key, response.to_bytes())
+        return response
 
     @property
     def quality(self) -> int:
@@ -320,11 +352,17 @@ def send_tile(ctx: Context, resolution: int, tile: int) -> None:
     image = ctx.require_image("")
     if image is None:
         return
-    pixels = tile_pixels(ctx, image, resolution, tile)
-    t0 = time.perf_counter()
-    data = encode.jpeg(pixels, ctx.quality)
-    ctx.timings.encode += time.perf_counter() - t0
-    ctx.output = ctx.responder.tile(data, image.ref.mtime)
+
+    def produce() -> Response:
+        pixels = tile_pixels(ctx, image, resolution, tile)
+        t0 = time.perf_counter()
+        data = encode.jpeg(pixels, ctx.quality)
+        ctx.timings.encode += time.perf_counter() - t0
+        return ctx.responder.tile(data, image.ref.mtime)
+
+    key = ("JTL", image.ref.key, resolution, tile, ctx.view.key(), ctx.quality,
+           ctx.rotation, ctx.mirror)
+    ctx.output = ctx.cached(key, produce)
 
 
 def cmd_jtl(ctx: Context, cmd: Command) -> None:

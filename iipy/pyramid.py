@@ -24,6 +24,7 @@ import logging
 import os
 import shutil
 import time
+from typing import Callable
 
 import numpy as np
 
@@ -42,7 +43,10 @@ STAT_COLS = 4096
 
 
 class Pyramid:
-    def __init__(self, image: FitsImage, grid: Grid, cache_dir: str):
+    def __init__(self, image: FitsImage, grid: Grid, cache_dir: str,
+                 progress: Callable[[str, float], None] | None = None):
+        """``progress(what, fraction)`` is called while a pyramid is being built."""
+        self.progress = progress
         self.image = image
         self.grid = grid
         self.levels: list[np.ndarray] = []  # index k - 1 -> level k
@@ -170,6 +174,9 @@ class Pyramid:
                     else:
                         rows = np.ascontiguousarray(levels[-1][c, 2 * y0 : 2 * y1])
                     kernels.bin2x2(rows, out=out[c, y0:y1, :out_w])
+                    if self.progress is not None:
+                        done = (c + y1 / out_h) / image.channels
+                        self.progress("%s: level %d of %d" % (image.ref.fif, k, nlevels), done)
                 if k == 1 and 2 * out_h < image.height:  # rows dropped by floor halving
                     for y in range(2 * out_h, image.height):
                         if y % step_y == 0:

@@ -35,6 +35,17 @@ class Response:
         head = "".join("%s: %s\r\n" % hv for hv in self.headers)
         return head.encode("latin-1") + b"\r\n" + self.body
 
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> "Response":
+        """Inverse of ``to_bytes`` (for responses kept in a cache)."""
+        head, _, body = raw.partition(b"\r\n\r\n")
+        headers = tuple(tuple(line.decode("latin-1").split(": ", 1)) for line in head.split(b"\r\n"))
+        status = 200
+        for name, value in headers:
+            if name == "Status":
+                status = int(value.split()[0])
+        return cls(status, headers, body)  # type: ignore[arg-type]
+
     def header(self, name: str) -> str | None:
         lname = name.lower()
         for k, v in self.headers:

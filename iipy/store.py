@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Callable
 
 from .fitsimage import DisplayRange, FitsImage
 from .geometry import Grid
@@ -29,8 +30,11 @@ class OpenImage:
 
 
 class ImageStore:
-    def __init__(self, settings: Settings, capacity: int = 64):
+    def __init__(self, settings: Settings, capacity: int = 64,
+                 progress: Callable[[str, float], None] | None = None):
+        """``progress`` is passed to every pyramid build (see ``Pyramid``)."""
         self.settings = settings
+        self.progress = progress
         self._open: LRU[OpenImage] = LRU(capacity, close=lambda im: im.fits.close())
 
     def open(self, ref: ImageRef) -> OpenImage:
@@ -40,7 +44,7 @@ class ImageStore:
             grid = Grid(fits_image.width, fits_image.height,
                         self.settings.tile_size, self.settings.tile_size)
             image = OpenImage(ref, fits_image, grid,
-                              Pyramid(fits_image, grid, self.settings.cache_dir))
+                              Pyramid(fits_image, grid, self.settings.cache_dir, self.progress))
             self._open.put(ref.key, image)
             log.debug("opened %s (%dx%dx%d, BITPIX %d)", ref.path, fits_image.width,
                       fits_image.height, fits_image.channels, fits_image.bitpix)
