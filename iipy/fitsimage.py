@@ -64,6 +64,13 @@ class FitsImage:
             self._hdul = fits.open(ref.path, memmap=True, do_not_scale_image_data=True,
                                    mode="readonly")
             self._hdu = _select_hdu(self._hdul, ref.selector)
+            if isinstance(self._hdu, fits.CompImageHDU):
+                # tile-compressed data: astropy decompresses the tiles a section touches;
+                # the scaled (dequantised) values need a file opened with scaling on
+                index = self._hdul.index_of(self._hdu)
+                self._hdul.close()
+                self._hdul = fits.open(ref.path, mode="readonly")
+                self._hdu = self._hdul[index]
         except FileNotFound:
             self.close()
             raise
@@ -89,7 +96,15 @@ class FitsImage:
         self.is_float = self.bitpix < 0 or self.bscale != int(self.bscale) or self.bzero != int(self.bzero)
         self.bits_per_channel = 32 if self.bitpix < 0 else min(abs(self.bitpix), 32)
         self._naxis = naxis
-        self._raw = self._raw_cube(naxis)
+        try:
+            self._raw = self._raw_cube(naxis)
+        except FileNotFound:
+            self.close()
+            raise
+        except Exception as exc:  # e.g. a truncated file: the map is smaller than the data
+            self.close()
+            log.warning("cannot map the data of %s: %s", ref.path, exc)
+            raise FileNotFound("Unable to read FITS data in '%s'" % ref.fif) from None
         self.labels = channel_labels(hdr, self.channels)
         self._subject: str | None = None
 

@@ -29,6 +29,7 @@ from typing import Callable
 import numpy as np
 
 from . import kernels
+from .errors import FileNotFound
 from .fitsimage import DisplayRange, FitsImage, robust_range
 from .geometry import Grid
 
@@ -66,14 +67,21 @@ class Pyramid:
         log.debug("pyramid of %s ready in %.3f s", self.image.ref.path, time.monotonic() - start)
 
     def window(self, k: int, x: int, y: int, w: int, h: int) -> np.ndarray:
-        """float32 (C, h, w), C-contiguous, of level k (0 is the FITS data itself)."""
-        if k == 0:
-            out = np.empty((self.image.channels, h, w), np.float32)
-            for c in range(self.image.channels):
-                self.image.read(c, x, y, w, h, out=out[c])
-            return out
-        self.ensure()
-        return np.ascontiguousarray(self.levels[k - 1][:, y : y + h, x : x + w])
+        """float32 (C, h, w), C-contiguous, of level k (0 is the FITS data itself).
+
+        A file that cannot be read (truncated, damaged tiles) is a file error, as any
+        read failure is in iipsrv."""
+        try:
+            if k == 0:
+                out = np.empty((self.image.channels, h, w), np.float32)
+                for c in range(self.image.channels):
+                    self.image.read(c, x, y, w, h, out=out[c])
+                return out
+            self.ensure()
+            return np.ascontiguousarray(self.levels[k - 1][:, y : y + h, x : x + w])
+        except (OSError, ValueError, TypeError, EOFError) as exc:
+            log.warning("cannot read %s: %s", self.image.ref.path, exc)
+            raise FileNotFound("Unable to read data of '%s'" % self.image.ref.fif) from None
 
     # --- disk ------------------------------------------------------------------------
 

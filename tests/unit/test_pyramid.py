@@ -1,0 +1,165 @@
+"""The shared pyramid: level contents, files on disk, one builder at a time, nothing
+half-written read, changed files rebuilt, in-memory fallback."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import warnings
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from iipy import pyramid as pyramid_module
+from iipy.geometry import Grid
+from iipy.images import resolve
+from iipy.pyramid import Pyramid
+from iipy.fitsimage import FitsImage
+from iipy.settings import Settings
+
+
+def model_levels(fits_data: np.ndarray, n: int) -> list[np.ndarray]:
+    """IIP-orientation levels 1..n: flip, then NaN-aware 2x2 means with floor sizes."""
+    a = fits_data[::-1].astype(np.float64)
+    out = []
+    for _ in range(n):
+        h, w = a.shape[0] // 2 * 2, a.shape[1] // 2 * 2
+        blocks = a[:h, :w].reshape(h // 2, 2, w // 2, 2).transpose(0, 2, 1, 3).reshape(
+            h // 2, w // 2, 4)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks give NaN
+            a = np.nanmean(np.where(np.isfinite(blocks), blocks, np.nan), axis=2)
+        out.append(a)
+    return out
+
+
+@pytest.fixture
+def image(tmp_path):
+    rng = np.random.default_rng(5)
+    data = rng.normal(100, 5, (1061, 983)).astype(np.float32)
+    data[100:104, 200:204] = np.nan  # a whole 2x2-aligned NaN block
+    data[301, 11] = np.inf
+    fits.PrimaryHDU(data).writeto(tmp_path / "img.fits")
+    settings = Settings.from_environ({"FILESYSTEM_PREFIX": str(tmp_path) + "/",
+                                      "IIPY_CACHE_DIR": str(tmp_path / "cache")})
+    return tmp_path, data, settings
+
+
+def open_pyramid(settings: Settings, name: str = "img.fits") -> Pyramid:
+    fi = FitsImage(resolve(name, settings))
+    return Pyramid(fi, Grid(fi.width, fi.height, 256, 256), settings.cache_dir)
+
+
+def test_levels_match_model_and_live_on_disk(image):
+    tmp_path, data, settings = image
+    p = open_pyramid(settings)
+    p.ensure()
+    want = model_levels(data, 3)
+    assert [lv.shape for lv in p.levels] == [(1, 530, 491), (1, 265, 245), (1, 132, 122)]
+    for got, exp in zip(p.levels, want):
+        assert isinstance(got, np.memmap)
+        np.testing.assert_allclose(got[0], exp, rtol=1e-6, equal_nan=True)
+    # the all-NaN block stays NaN one level up; the Inf pixel is skipped
+    assert np.isnan(p.levels[0][0, 479, 100])  # IIP rows 958-959 = FITS rows 101-102
+    files = sorted(os.listdir(os.path.join(settings.cache_dir, os.listdir(settings.cache_dir)[0])))
+    assert files == ["level1.f32", "level2.f32", "level3.f32", "meta.json"]
+    assert not any(f.endswith(".lock") for f in files)
+
+
+def test_second_open_reads_no_fits_data(image, monkeypatch):
+    _, _, settings = image
+    open_pyramid(settings).ensure()
+    p = open_pyramid(settings)
+
+    def no_read(*args, **kwargs):
+        raise AssertionError("the FITS data was read again")
+
+    monkeypatch.setattr(p.image, "read", no_read)
+    p.ensure()
+    assert p.levels[2].shape == (1, 132, 122)
+    assert p.ranges[0].lo < 100 < p.ranges[0].hi
+
+
+def _build_in_child(settings: Settings, queue) -> None:
+    p = open_pyramid(settings)
+    p.ensure()
+    queue.put(float(np.nansum(np.asarray(p.levels[0]), dtype=np.float64)))
+
+
+def test_concurrent_builders_share_one_build(image, monkeypatch):
+    _, _, settings = image
+    calls = multiprocessing.get_context("fork").Value("i", 0)
+    original = Pyramid._build
+
+    def counting_build(self, *args, **kwargs):
+        with calls.get_lock():
+            calls.value += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Pyramid, "_build", counting_build)
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_build_in_child, args=(settings, queue)) for _ in range(4)]
+    for proc in procs:
+        proc.start()
+    sums = [queue.get(timeout=60) for _ in procs]
+    for proc in procs:
+        proc.join(10)
+        assert proc.exitcode == 0
+    assert calls.value == 1
+    assert len(set(sums)) == 1
+
+
+def test_crashed_build_leftovers_are_rebuilt(image):
+    _, data, settings = image
+    p = open_pyramid(settings)
+    directory = os.path.join(settings.cache_dir, p._key())
+    os.makedirs(directory)
+    with open(os.path.join(directory, "level1.f32.tmp999"), "wb") as f:
+        f.write(b"\0" * 100)  # a build that died before meta.json
+    p.ensure()
+    assert sorted(os.listdir(directory)) == ["level1.f32", "level2.f32", "level3.f32",
+                                             "meta.json"]
+    np.testing.assert_allclose(p.levels[0][0], model_levels(data, 1)[0], rtol=1e-6,
+                               equal_nan=True)
+
+
+def test_changed_file_gets_a_new_pyramid(image):
+    tmp_path, data, settings = image
+    open_pyramid(settings).ensure()
+    fits.PrimaryHDU(data * 2).writeto(tmp_path / "img.fits", overwrite=True)
+    os.utime(tmp_path / "img.fits", ns=(0, 10**18))
+    p = open_pyramid(settings)
+    p.ensure()
+    assert len(os.listdir(settings.cache_dir)) == 4  # two pyramids, two lock files
+    np.testing.assert_allclose(p.levels[0][0], model_levels(data * 2, 1)[0], rtol=1e-6,
+                               equal_nan=True)
+
+
+def test_unwritable_cache_builds_in_memory(image):
+    tmp_path, data, settings = image
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    p = open_pyramid(settings.replace(cache_dir=str(blocker / "cache")))
+    p.ensure()
+    assert not isinstance(p.levels[0], np.memmap)
+    np.testing.assert_allclose(p.levels[1][0], model_levels(data, 2)[1], rtol=1e-6,
+                               equal_nan=True)
+
+
+def test_build_memory_is_banded(image, monkeypatch):
+    """Level 1 is read in bands of rows, never the whole image at once."""
+    _, _, settings = image
+    monkeypatch.setattr(pyramid_module, "BAND_BYTES", 983 * 8 * 16)  # 16 output rows
+    p = open_pyramid(settings)
+    heights = []
+    original = p.image.read
+
+    def spy(channel, x, y, w, h, out=None):
+        heights.append(h)
+        return original(channel, x, y, w, h, out=out)
+
+    p.image.read = spy  # type: ignore[method-assign]
+    p.ensure()
+    assert max(heights) <= 32
