@@ -15,6 +15,7 @@ import logging
 import math
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from astropy.io import fits
@@ -41,8 +42,62 @@ def is_fits(head: bytes) -> bool:
     return head.startswith(b"SIMPLE  =") and head[29:30] == b"T"
 
 
+@dataclass(frozen=True, slots=True)
+class Plane:
+    """One channel: its raw 2-D samples (FITS order) and how to scale them."""
+
+    raw: Any  # 2-D: a memory-map view, or a section of a tile-compressed HDU
+    bscale: float = 1.0
+    bzero: float = 0.0
+    blank: int | None = None
+
+    def window(self, top: int, h: int, x: int, w: int) -> np.ndarray:
+        return self.raw[top : top + h, x : x + w]
+
+
+class _SectionPlane:
+    """A 2-D view of one plane of a tile-compressed HDU: only the touched tiles are
+    decompressed, and astropy returns them scaled."""
+
+    def __init__(self, section, lead: tuple[int, ...]):
+        self._section, self._lead = section, lead
+
+    def __getitem__(self, rows_cols) -> np.ndarray:
+        return np.asarray(self._section[self._lead + tuple(rows_cols)])
+
+
+def _scaling(hdu) -> tuple[float, float, int | None]:
+    if isinstance(hdu, fits.CompImageHDU):
+        return 1.0, 0.0, None
+    hdr = hdu.header
+    blank = hdr.get("BLANK")
+    if not (isinstance(blank, (int, np.integer)) and hdr["BITPIX"] > 0):
+        blank = None
+    return float(hdr.get("BSCALE", 1.0)), float(hdr.get("BZERO", 0.0)), blank
+
+
+def _planes_of(hdu, fif: str) -> list[Plane]:
+    """Every channel of one image HDU (a cube's planes; higher axes at index 0)."""
+    naxis = hdu.header["NAXIS"]
+    channels = int(hdu.header["NAXIS3"]) if naxis >= 3 else 1
+    bscale, bzero, blank = _scaling(hdu)
+    if isinstance(hdu, fits.CompImageHDU):
+        lead = (0,) * (naxis - 3)
+        return [Plane(_SectionPlane(hdu.section, lead + (c,) if naxis >= 3 else ()),
+                      bscale, bzero, blank) for c in range(channels)]
+    data = hdu.data
+    if data is None:
+        raise FileNotFound("No image data in '%s'" % fif)
+    if naxis == 2:
+        return [Plane(data, bscale, bzero, blank)]
+    cube = data[(0,) * (naxis - 3)]
+    return [Plane(cube[c], bscale, bzero, blank) for c in range(channels)]
+
+
 class FitsImage:
-    """One image HDU (2-D, or a cube whose planes are channels) of a FITS file."""
+    """One image of a FITS file: an image HDU (2-D, or a cube whose planes are
+    channels), or, with the selector ``*``, every 2-D image extension of the size of
+    the first one as the channels of one image."""
 
     def __init__(self, ref: ImageRef):
         self.ref = ref
@@ -60,17 +115,19 @@ class FitsImage:
             )
         if not is_fits(head):
             raise UnsupportedFile("%s: unsupported file type" % ref.fif)
+        self._hdul = None
         try:
             self._hdul = fits.open(ref.path, memmap=True, do_not_scale_image_data=True,
                                    mode="readonly")
-            self._hdu = _select_hdu(self._hdul, ref.selector)
-            if isinstance(self._hdu, fits.CompImageHDU):
+            hdus = _select_hdus(self._hdul, ref.selector)
+            if any(isinstance(h, fits.CompImageHDU) for h in hdus):
                 # tile-compressed data: astropy decompresses the tiles a section touches;
                 # the scaled (dequantised) values need a file opened with scaling on
-                index = self._hdul.index_of(self._hdu)
+                indexes = [self._hdul.index_of(h) for h in hdus]
                 self._hdul.close()
                 self._hdul = fits.open(ref.path, mode="readonly")
-                self._hdu = self._hdul[index]
+                hdus = [self._hdul[i] for i in indexes]
+            self._planes = [p for h in hdus for p in _planes_of(h, ref.fif)]
         except FileNotFound:
             self.close()
             raise
@@ -78,59 +135,32 @@ class FitsImage:
             self.close()
             log.warning("cannot read %s: %s", ref.path, exc)
             raise FileNotFound("Unable to read FITS file '%s'" % ref.fif) from None
+        self._hdu = hdus[0]
         hdr = self._hdu.header
-        naxis = hdr.get("NAXIS", 0)
         self.width = int(hdr["NAXIS1"])
         self.height = int(hdr["NAXIS2"])
-        self.channels = int(hdr["NAXIS3"]) if naxis >= 3 else 1
+        self.channels = len(self._planes)
         self.compressed = isinstance(self._hdu, fits.CompImageHDU)
-        self.bitpix = int(hdr["BITPIX"])
-        if self.compressed:
-            # astropy decompresses tiles of a section already scaled
-            self.bscale, self.bzero, self.blank = 1.0, 0.0, None
-        else:
-            self.bscale = float(hdr.get("BSCALE", 1.0))
-            self.bzero = float(hdr.get("BZERO", 0.0))
-            blank = hdr.get("BLANK")
-            self.blank = int(blank) if isinstance(blank, (int, np.integer)) and self.bitpix > 0 else None
-        self.is_float = self.bitpix < 0 or self.bscale != int(self.bscale) or self.bzero != int(self.bzero)
+        bitpixes = [int(h.header["BITPIX"]) for h in hdus]
+        self.bitpix = min(bitpixes) if min(bitpixes) < 0 else max(bitpixes)
+        self.is_float = self.bitpix < 0 or any(
+            p.bscale != int(p.bscale) or p.bzero != int(p.bzero) for p in self._planes)
         self.bits_per_channel = 32 if self.bitpix < 0 else min(abs(self.bitpix), 32)
-        self._naxis = naxis
-        try:
-            self._raw = self._raw_cube(naxis)
-        except FileNotFound:
-            self.close()
-            raise
-        except Exception as exc:  # e.g. a truncated file: the map is smaller than the data
-            self.close()
-            log.warning("cannot map the data of %s: %s", ref.path, exc)
-            raise FileNotFound("Unable to read FITS data in '%s'" % ref.fif) from None
-        self.labels = channel_labels(hdr, self.channels)
+        if len(hdus) > 1:
+            self.labels = [_hdu_label(h) for h in hdus]
+        else:
+            self.labels = channel_labels(hdr, self.channels)
         self._subject: str | None = None
 
     # --- data ---------------------------------------------------------------------------
 
-    def _raw_cube(self, naxis: int):
-        """A (C, H, W) view of the raw samples (memory map; compressed: the section)."""
-        if self.compressed:
-            return self._hdu.section
-        data = self._hdu.data
-        if data is None:
-            raise FileNotFound("No image data in '%s'" % self.ref.fif)
-        if naxis == 2:
-            return data[np.newaxis]
-        return data[(0,) * (naxis - 3)]
-
     def read(self, channel: int, x: int, y: int, w: int, h: int,
              out: np.ndarray | None = None) -> np.ndarray:
         """Full-resolution window (IIP coordinates) of one channel as float32 (h, w)."""
-        top = self.height - y - h
-        if self.compressed:
-            lead = (0,) * (self._naxis - 3) + (channel,) if self._naxis >= 3 else ()
-            raw = np.asarray(self._raw[lead + (slice(top, top + h), slice(x, x + w))])
-        else:
-            raw = self._raw[channel, top : top + h, x : x + w]
-        return kernels.to_float32(raw, self.bscale, self.bzero, self.blank, flip=True, out=out)
+        plane = self._planes[channel]
+        raw = plane.window(self.height - y - h, h, x, w)
+        return kernels.to_float32(raw, plane.bscale, plane.bzero, plane.blank, flip=True,
+                                  out=out)
 
     def values(self, x: int, y: int, w: int, h: int) -> np.ndarray:
         """Calibrated values (raw * BSCALE + BZERO, BLANK as NaN) of a full-resolution
@@ -138,16 +168,12 @@ class FitsImage:
         integer BITPIX, unlike the float32 used for display."""
         top = self.height - y - h
         out = np.empty((self.channels, h, w), np.float64)
-        for c in range(self.channels):
-            if self.compressed:
-                lead = (0,) * (self._naxis - 3) + (c,) if self._naxis >= 3 else ()
-                raw = np.asarray(self._raw[lead + (slice(top, top + h), slice(x, x + w))])
-            else:
-                raw = np.asarray(self._raw[c, top : top + h, x : x + w])
-            vals = raw[::-1].astype(np.float64)
-            if self.blank is not None:
-                vals[raw[::-1] == self.blank] = np.nan
-            out[c] = vals * self.bscale + self.bzero
+        for c, plane in enumerate(self._planes):
+            raw = np.asarray(plane.window(top, h, x, w))[::-1]
+            vals = raw.astype(np.float64)
+            if plane.blank is not None:
+                vals[raw == plane.blank] = np.nan
+            out[c] = vals * plane.bscale + plane.bzero
         return out
 
     @property
@@ -180,14 +206,21 @@ def _is_image(hdu) -> bool:
         hdu.header.get("NAXIS2", 0) > 0
 
 
-def _select_hdu(hdul, selector: str):
-    """Default: the first image HDU with two or more axes; ``N``: HDU number N
-    (0 is the primary); ``NAME`` or ``NAME,VER``: by EXTNAME (and EXTVER)."""
+def _select_hdus(hdul, selector: str) -> list:
+    """Default: the first image HDU with two or more axes; ``N``: HDU number N (0 is
+    the primary); ``NAME`` or ``NAME,VER``: by EXTNAME (and EXTVER); ``*``: every 2-D
+    image HDU of the size of the first one, each a channel."""
     if not selector:
         for hdu in hdul:
             if _is_image(hdu):
-                return hdu
+                return [hdu]
         raise FileNotFound("No image HDU in file")
+    if selector == "*":
+        images = [h for h in hdul if _is_image(h) and h.header["NAXIS"] == 2]
+        if not images:
+            raise FileNotFound("No 2-D image HDU in file")
+        size = (images[0].header["NAXIS1"], images[0].header["NAXIS2"])
+        return [h for h in images if (h.header["NAXIS1"], h.header["NAXIS2"]) == size]
     try:
         if selector.isdigit():
             hdu = hdul[int(selector)]
@@ -198,7 +231,16 @@ def _select_hdu(hdul, selector: str):
         raise FileNotFound("No extension [%s] in file" % selector) from None
     if not _is_image(hdu):
         raise FileNotFound("Extension [%s] is not an image" % selector)
-    return hdu
+    return [hdu]
+
+
+def _hdu_label(hdu) -> str:
+    """A channel label for one extension: its filter, band or name."""
+    for key in ("FILTER", "BAND", "EXTNAME"):
+        value = hdu.header.get(key)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return ""
 
 
 def robust_range(values: np.ndarray) -> DisplayRange:

@@ -251,3 +251,33 @@ def test_pfl_values_and_format(app_for):
     app = app_for("i.fits", [fits.PrimaryHDU(ints)])
     r = app.handle({"QUERY_STRING": "FIF=i.fits&PFL=0:0,0-2,0"})
     assert r.body == b'{\n\t"profile": [65535,7]\n}'
+
+
+def test_mef_extensions_as_channels(app_for, data):
+    """``[*]``: every 2-D image extension of the first one's size is a channel, each
+    with its own scaling; labels come from FILTER."""
+    scaled = fits.ImageHDU(np.round((data * 0.5 - 5.0) / 0.01).astype(np.int16), name="R")
+    scaled.header["BSCALE"], scaled.header["BZERO"], scaled.header["FILTER"] = 0.01, 5.0, "r"
+    g = fits.ImageHDU(data, name="G")
+    g.header["FILTER"] = "g"
+    i = fits.ImageHDU(130 - data, name="I")
+    i.header["FILTER"] = "i"
+    other = fits.ImageHDU(np.zeros((10, 10), np.float32), name="SMALL")
+    app = app_for("mef.fits", [fits.PrimaryHDU(), g, scaled, other, i])
+    r = app.handle({"QUERY_STRING": "FIF=mef.fits[*]&obj=max-size&obj=subject"})
+    assert r.status == 200
+    text = r.body.decode()
+    assert "Max-size:983 1061" in text
+    for n, band in ((1, "g"), (2, "r"), (3, "i")):
+        assert ("CHAN%04d= '%s" % (n, band)) in text
+    mm = "&MINMAX=1:0,130&MINMAX=2:0,130&MINMAX=3:0,130&QLT=100"
+    rgb = tile(app, "FIF=mef.fits%5B*%5D" + mm + "&CTW=1,0,0;0,1,0;0,0,1&JTL=3,0")
+    want_r = model_grey(model_level(data * 0.5, 0)[0:256, 0:256], 0, 130)  # raw*0.01 + 5
+    assert rgb.shape == (256, 256, 3)
+    assert_close(rgb[..., 1], want_r, mean=1.5, p99=5.0)  # the scaled int16 plane
+    r = app.handle({"QUERY_STRING": "FIF=mef.fits[*]&PFL=3:0,0-2,0"})
+    vals = [float(v) for v in r.body.split(b"[")[1].split(b"]")[0].split(b",")]
+    assert len(vals) == 6  # two pixels x three channels, pixel-interleaved
+    assert vals[0] == pytest.approx(data[-1, 0], abs=1e-4)
+    assert vals[1] == pytest.approx(data[-1, 0] * 0.5, abs=0.006)
+    assert vals[2] == pytest.approx(130 - data[-1, 0], abs=1e-4)
