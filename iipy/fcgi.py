@@ -1,0 +1,674 @@
+"""FastCGI transport: the listening socket, the record layer, the worker loop.
+
+This is the only module that imports flup, and it uses flup 1.0.3 only for the
+FastCGI record layer: ``Record`` parsing, ``decode_pair`` and the request
+bookkeeping of ``Connection`` (BEGIN_REQUEST, PARAMS, STDIN, ABORT_REQUEST,
+GET_VALUES, FCGI_KEEP_CONN).  flup's pre-fork pool is replaced by
+:mod:`iipy.prefork`, and its WSGI bridge is not used because it always writes a
+``Status:`` line and adds headers of its own, while iipy must send iipsrv's exact
+bytes: the handler returns the complete CGI output and this module frames it.
+
+A request is handled like libfcgi (and so iipsrv) does it:
+
+* it runs as soon as its FCGI_PARAMS stream is complete (decoded as a whole: flup
+  decodes record by record and fails on a pair that spans two records);
+  FCGI_STDIN is read and discarded (iipsrv never reads a request body);
+* the response goes out as FCGI_STDOUT records of at most 65528 bytes, the empty
+  FCGI_STDOUT record and FCGI_END_REQUEST (appStatus 0, FCGI_REQUEST_COMPLETE),
+  all in one ``sendall``; nothing is ever written to FCGI_STDERR;
+* with FCGI_KEEP_CONN the connection stays open for the next request (nginx
+  ``fastcgi_keep_conn on``); without it the connection is shut down for writing
+  and drained before it is closed, so a request body still in flight cannot turn
+  the close into a reset that would destroy the response.
+
+Each worker answers one request at a time but may hold several kept-alive
+connections: with one connection per process (libfcgi's model), nginx keeping more
+idle connections than there are workers leaves new connections waiting in the
+backlog until a read timeout.  Every accepted TCP connection gets TCP_NODELAY
+(otherwise a kept-alive request can stall ~40 ms on delayed ACKs), and TCP peers
+not listed in FCGI_WEB_SERVER_ADDRS are disconnected at once.
+
+Parameter names and values are decoded as Latin-1 (flup's choice): each byte of
+QUERY_STRING is one character of the ``str`` the handler receives.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import select
+import socket
+import stat
+import struct
+import sys
+import time
+from typing import Any, Callable, NoReturn
+
+from flup.server import fcgi_base as flup
+
+from .prefork import Supervisor, WorkerContext
+from .settings import atoi
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[dict[str, str]], bytes]
+HandlerFactory = Callable[[], Handler]
+
+#: libfcgi's default listen() backlog, used by iipsrv's ``--bind``.
+DEFAULT_BACKLOG = 2048
+#: iipsrv 1.1 exits with this status when bind() or listen() fails (iip-protocol.md §2.1).
+BIND_FAILURE_STATUS = 22
+#: What the client gets when the handler raises; the traceback only goes to the log.
+INTERNAL_ERROR = (
+    b"Status: 500 Internal Server Error\r\n"
+    b"Content-Type: text/plain\r\n"
+    b"Content-Length: 21\r\n"
+    b"\r\n"
+    b"Internal Server Error"
+)
+#: Largest FCGI_STDOUT content per record: a multiple of 8 below 65535, so full
+#: records need no padding.
+MAX_RECORD_CONTENT = 65528
+#: Kept-alive connections one worker holds at most before it stops accepting.
+MAX_CONNECTIONS_PER_WORKER = 64
+#: On a stop signal, how long a just-accepted connection may take to send its request.
+FIRST_REQUEST_GRACE = 0.5
+#: How long a closing connection waits for the peer to close its side, in seconds.
+LINGER_SECONDS = 1.0
+#: Longest FCGI_PARAMS stream accepted (nginx sends at most one 64 KiB record).
+MAX_PARAMS_BYTES = 1 << 20
+#: GET_VALUES answers.  flup looks the requested names up as bytes, so the keys are bytes.
+CAPABILITIES = {b"FCGI_MAX_CONNS": 1, b"FCGI_MAX_REQS": 1, b"FCGI_MPXS_CONNS": 0}
+
+_HEADER = struct.Struct(flup.FCGI_Header)
+_PADDING = bytes(8)
+
+
+# ---- the listening socket ------------------------------------------------------------
+
+
+def listener_from_argv(argv: list[str], settings: Any) -> tuple[socket.socket, str]:
+    """The listening socket chosen by iipsrv's command line, and a line for the start-up log.
+
+    ``--bind ADDRESS [--backlog N]`` is positional, as in iipsrv: ``argv[1]`` must be
+    ``--bind`` and ``argv[3]`` ``--backlog``.  ADDRESS is ``HOST:PORT``, ``:PORT``,
+    ``*:PORT`` or a unix socket path (see :func:`parse_bind_address`).  If binding
+    fails, ``bind/listen: <reason>`` goes to stderr and the process exits with a
+    non-zero status, as libfcgi does.
+
+    Without ``--bind`` the socket must have been inherited on file descriptor 0
+    (spawn-fcgi, Apache mod_fcgid); anything else means iipsrv's "CGI-only mode",
+    which exits with status 1.
+    """
+    if len(argv) > 2 and argv[1] == "--bind":
+        address = argv[2]
+        backlog = _backlog_from_argv(argv)
+        try:
+            sock = bind_listener(address, backlog, settings.socket_mode)
+        except _UnknownHost as exc:
+            _fail(str(exc), 1)
+        except (OSError, OverflowError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            _fail("bind/listen: %s" % reason, BIND_FAILURE_STATUS)
+        return sock, "Running in standalone mode on socket: %s with backlog: %d" % (
+            address, backlog)
+    inherited = inherited_listener()
+    if inherited is None:
+        log.error("CGI-only mode detected")
+        sys.exit(1)
+    return inherited, (
+        "Running in FastCGI mode on the socket inherited on file descriptor 0 (%s)"
+        % _describe_local(inherited))
+
+
+def _backlog_from_argv(argv: list[str]) -> int:
+    if len(argv) > 4 and argv[3] == "--backlog":
+        backlog = atoi(argv[4])
+        if backlog > 0:
+            return backlog
+        log.warning("ignoring --backlog %r: using %d", argv[4], DEFAULT_BACKLOG)
+    return DEFAULT_BACKLOG
+
+
+def _fail(message: str, status: int) -> NoReturn:
+    """The start-up error contract of libfcgi: one line on stderr, then exit."""
+    print(message, file=sys.stderr, flush=True)
+    sys.exit(status)
+
+
+class _UnknownHost(Exception):
+    pass
+
+
+def parse_bind_address(text: str) -> tuple[str, int] | str:
+    """libfcgi's reading of a bind address: ``(host, port)`` for TCP, else a unix path.
+
+    The text is split at its first ``:``; if what follows parses (C ``atoi``) to a
+    non-zero port it is TCP, otherwise the whole text is a unix socket path.  An
+    empty host or ``*`` means every interface.
+    """
+    host, colon, port_text = text.partition(":")
+    port = atoi(port_text) if colon else 0
+    if not port:
+        return text
+    return ("0.0.0.0" if host in ("", "*") else host), port
+
+
+def bind_listener(address: str, backlog: int, socket_mode: int) -> socket.socket:
+    """A listening socket on ``address`` (see :func:`parse_bind_address`); OSError on failure."""
+    target = parse_bind_address(address)
+    if isinstance(target, str):
+        return _bind_unix(target, backlog, socket_mode)
+    host, port = target
+    return _bind_tcp(_resolve_ipv4(host), port, backlog)
+
+
+def _resolve_ipv4(host: str) -> str:
+    """The one IPv4 address of ``host`` (libfcgi refuses names with several)."""
+    try:
+        infos = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)
+    except socket.gaierror:
+        raise _UnknownHost("Unknown host: %s" % host) from None
+    addresses = sorted({info[4][0] for info in infos})
+    if len(addresses) != 1:
+        raise _UnknownHost("Host %s has %d addresses: choose one explicitly"
+                           % (host, len(addresses)))
+    return str(addresses[0])
+
+
+def _bind_tcp(ip: str, port: int, backlog: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((ip, port))
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _bind_unix(path: str, backlog: int, socket_mode: int) -> socket.socket:
+    """Bind a unix socket, replacing a stale one, with ``socket_mode`` permissions.
+
+    Only an existing *socket* is removed (libfcgi unlinks whatever is there); a
+    regular file at that path makes bind() fail instead of being deleted.  The mode
+    is set before listen(), so nobody can connect while it is still the umask's.
+    """
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        os.chmod(path, socket_mode)
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def inherited_listener() -> socket.socket | None:
+    """The listening socket on fd 0, or None when fd 0 is not one (CGI-only mode).
+
+    libfcgi's test: ``getpeername()`` failing with ENOTCONN means an unconnected
+    (listening) socket; a tty, a pipe, /dev/null (ENOTSOCK) or a connected socket
+    do not qualify.
+    """
+    try:
+        sock = socket.socket(fileno=flup.FCGI_LISTENSOCK_FILENO)
+    except OSError:
+        return None
+    try:
+        sock.getpeername()
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN and sock.type == socket.SOCK_STREAM:
+            return sock
+    sock.detach()  # leave fd 0 alone
+    return None
+
+
+def _describe_local(sock: socket.socket) -> str:
+    name = sock.getsockname()
+    if isinstance(name, tuple):
+        return "%s:%d" % (name[0], name[1])
+    return "unix:%s" % (name.decode(errors="replace") if isinstance(name, bytes) else name)
+
+
+# ---- records ---------------------------------------------------------------------------
+
+
+def encode_record(rec_type: int, request_id: int, content: bytes = b"") -> bytes:
+    """One FastCGI record, padded to a multiple of 8 bytes (the bytes flup's Record.write sends)."""
+    padding = -len(content) & 7
+    return (_HEADER.pack(flup.FCGI_VERSION_1, rec_type, request_id, len(content), padding)
+            + content + _PADDING[:padding])
+
+
+def stdout_records(request_id: int, body: bytes) -> list[bytes | memoryview]:
+    """``body`` as FCGI_STDOUT records of at most :data:`MAX_RECORD_CONTENT` bytes, then the
+    empty record that ends the stream; as pieces to join once, without copying the body."""
+    view = memoryview(body)
+    pieces: list[bytes | memoryview] = []
+    for start in range(0, len(view), MAX_RECORD_CONTENT):
+        chunk = view[start:start + MAX_RECORD_CONTENT]
+        padding = -len(chunk) & 7
+        pieces.append(_HEADER.pack(flup.FCGI_VERSION_1, flup.FCGI_STDOUT, request_id,
+                                   len(chunk), padding))
+        pieces.append(chunk)
+        if padding:
+            pieces.append(_PADDING[:padding])
+    pieces.append(_HEADER.pack(flup.FCGI_VERSION_1, flup.FCGI_STDOUT, request_id, 0, 0))
+    return pieces
+
+
+class _BufferedSocket:
+    """The ``recv()`` that flup's ``Record.read`` calls, served from 64 KiB reads.
+
+    (``Record.read`` also calls ``fileno()``, for a debug message it formats even
+    when debugging is off.)
+
+    ``Record.read`` asks for the 8-byte header, then the content, then the padding;
+    web servers send a whole request (BEGIN_REQUEST, PARAMS, STDIN) in one write, so
+    one system call usually covers every record of a request.
+    """
+
+    __slots__ = ("_sock", "_buf", "_pos", "error")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buf = b""
+        self._pos = 0
+        #: The exception behind the last failed read: flup turns every one into EOFError.
+        self.error: OSError | None = None
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf) - self._pos
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def recv(self, size: int) -> bytes:
+        if self._pos >= len(self._buf):
+            try:
+                self._buf = self._sock.recv(max(size, 65536))
+            except OSError as exc:
+                self.error = exc
+                raise
+            self._pos = 0
+            if not self._buf:
+                return b""
+        start = self._pos
+        self._pos = min(start + size, len(self._buf))
+        return self._buf[start:self._pos]
+
+
+class _ProtocolError(Exception):
+    """The peer sent something no FastCGI web server sends."""
+
+
+class _DiscardedInput:
+    """FCGI_STDIN and FCGI_DATA of a request: read from the socket, then dropped."""
+
+    __slots__ = ()
+
+    def add_data(self, data: bytes) -> None:
+        pass
+
+
+_DISCARDED = _DiscardedInput()
+
+
+class _Request:
+    """What flup's ``Connection`` keeps about a request.
+
+    Unlike flup's ``Request`` it has no output streams (the response is framed in one
+    piece) and buffers no request body.
+    """
+
+    __slots__ = ("params", "params_data", "params_size", "stdin", "data", "requestId", "role",
+                 "flags", "aborted")
+
+    def __init__(self, conn: Any, input_stream_class: Any, timeout: Any) -> None:
+        self.params: dict[str, str] = {}
+        self.params_data: list[bytes] = []
+        self.params_size = 0
+        self.stdin = _DISCARDED
+        self.data = _DISCARDED
+        self.requestId = 0
+        self.role = flup.FCGI_RESPONDER
+        self.flags = 0
+        self.aborted = False
+
+
+class _Responder:
+    """The ``server`` object flup's ``Connection`` talks to: runs the handler safely."""
+
+    request_class = _Request
+    capability = CAPABILITIES
+
+    def __init__(self, handler: Handler, ctx: WorkerContext) -> None:
+        self._handler = handler
+        self.ctx = ctx
+
+    def respond(self, params: dict[str, str]) -> bytes:
+        """The handler's CGI output, or the generic 500 if it raises (logged once)."""
+        self.ctx.notify()
+        try:
+            body = self._handler(params)
+            if not isinstance(body, (bytes, bytearray)):
+                raise TypeError("handler returned %s, not bytes" % type(body).__name__)
+            return bytes(body) if isinstance(body, bytearray) else body
+        except Exception:
+            log.exception("unhandled error for QUERY_STRING=%r", params.get("QUERY_STRING", ""))
+            return INTERNAL_ERROR
+
+
+class _Connection(flup.Connection):  # type: ignore[misc]  # flup has no type hints
+    """flup's per-connection bookkeeping, with our reading, writing and request running.
+
+    flup handles BEGIN_REQUEST (refusing a second request on a busy connection),
+    routes STDIN/DATA, answers GET_VALUES and unknown management records, and
+    decides in ``end_request`` whether the connection is kept (FCGI_KEEP_CONN).
+    This class reads the records through a buffer, collects PARAMS before decoding
+    them, runs each request inline, and sends the records flup writes in one
+    ``sendall`` per request.
+    """
+
+    _inputStreamClass = _DiscardedInput
+    #: Record type to flup's (or our) handling method.
+    _ACTIONS = {
+        flup.FCGI_GET_VALUES: "_do_get_values",
+        flup.FCGI_BEGIN_REQUEST: "_do_begin_request",
+        flup.FCGI_ABORT_REQUEST: "_do_abort_request",
+        flup.FCGI_PARAMS: "_do_params",
+        flup.FCGI_STDIN: "_do_stdin",
+        flup.FCGI_DATA: "_do_data",
+    }
+
+    def __init__(self, sock: socket.socket, addr: Any, responder: _Responder) -> None:
+        super().__init__(sock, addr, responder, 0)
+        self.fd = sock.fileno()
+        self.closed = False
+        self.opened_at = time.monotonic()
+        self._fresh = True
+        self._keepGoing = True
+        self._reader = _BufferedSocket(sock)
+        self._pending: list[bytes | memoryview] = []
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def has_input(self) -> bool:
+        """Whether a record is waiting, buffered here or in the kernel."""
+        return bool(self._reader.buffered) or self.wait_input(0.0)
+
+    def wait_input(self, seconds: float) -> bool:
+        """Wait up to ``seconds`` for the socket to become readable."""
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN)
+        return bool(poller.poll(max(0.0, seconds) * 1000.0))
+
+    @property
+    def fresh(self) -> bool:
+        """No record received yet on this connection."""
+        return self._fresh
+
+    def pump(self) -> None:
+        """Handle records until no request is half-received and nothing is buffered.
+
+        Called when the socket is readable.  Blocking reads are bounded by the socket
+        timeout; any read or write failure closes the connection.
+        """
+        try:
+            while self._keepGoing:
+                rec = flup.Record()
+                rec.read(self._reader)
+                self._fresh = False
+                self._handle(rec)
+                if not self._requests and not self._reader.buffered:
+                    return
+        except EOFError:
+            error = self._reader.error
+            if error is not None:
+                log.warning("closing connection from %s: %s", self.peer(), _reason(error))
+            self.close(linger=False)
+        except OSError as exc:
+            log.warning("closing connection from %s: %s", self.peer(), _reason(exc))
+            self.close(linger=False)
+        except (_ProtocolError, IndexError, struct.error) as exc:  # malformed records
+            log.warning("closing connection from %s: invalid FastCGI data (%s)", self.peer(),
+                        exc or type(exc).__name__)
+            self.close(linger=False)
+
+    def _handle(self, rec: Any) -> None:
+        action = self._ACTIONS.get(rec.type)
+        if action is not None:
+            getattr(self, action)(rec)
+        elif rec.requestId == flup.FCGI_NULL_REQUEST_ID:
+            self._do_unknown_type(rec)
+        self._flush()
+
+    def _do_params(self, inrec: Any) -> None:
+        """Collect the FCGI_PARAMS stream and decode it once it is complete.
+
+        flup decodes each record on its own, which breaks a name-value pair that
+        spans two records (any value longer than a record can hold does).
+        """
+        req = self._requests.get(inrec.requestId)
+        if req is None:
+            return
+        if inrec.contentLength:
+            req.params_size += inrec.contentLength
+            if req.params_size > MAX_PARAMS_BYTES:
+                raise _ProtocolError("FCGI_PARAMS longer than %d bytes" % MAX_PARAMS_BYTES)
+            req.params_data.append(inrec.contentData)
+            return
+        data = b"".join(req.params_data)
+        req.params_data.clear()
+        pos = 0
+        while pos < len(data):
+            pos, (name, value) = flup.decode_pair(data, pos)
+            req.params[name.decode("latin-1")] = value.decode("latin-1")
+        self._start_request(req)
+
+    def _do_abort_request(self, inrec: Any) -> None:
+        """Requests run as soon as their parameters are complete, so an abort can only
+        concern one still receiving them: end it without running it."""
+        req = self._requests.get(inrec.requestId)
+        if req is not None:
+            self.end_request(req)
+
+    def _start_request(self, req: _Request) -> None:
+        """Called by flup once the request's FCGI_PARAMS stream is complete."""
+        responder: _Responder = self.server
+        if req.role != flup.FCGI_RESPONDER:
+            self.end_request(req, 0, flup.FCGI_UNKNOWN_ROLE)
+            return
+        try:
+            body = responder.respond(req.params)
+            self._pending.extend(stdout_records(req.requestId, body))
+            self.end_request(req)
+        finally:
+            responder.ctx.request_done()
+
+    def writeRecord(self, rec: Any) -> None:  # noqa: N802 - flup's name
+        """flup writes END_REQUEST, GET_VALUES_RESULT, ... here: queue them for one send."""
+        self._pending.append(encode_record(rec.type, rec.requestId, rec.contentData))
+
+    def end_request(self, req: Any, appStatus: int = 0,  # noqa: N803 - flup's names
+                    protocolStatus: int = flup.FCGI_REQUEST_COMPLETE, remove: bool = True) -> None:
+        super().end_request(req, appStatus, protocolStatus, remove)
+        self._flush()
+
+    def _cleanupSocket(self) -> None:  # noqa: N802 - flup's name
+        """flup calls this after END_REQUEST when FCGI_KEEP_CONN is not set."""
+        self._flush()
+        self.close(linger=True)
+
+    def _flush(self) -> None:
+        if self._pending and not self.closed:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            self._sock.sendall(data)
+
+    def close(self, linger: bool) -> None:
+        """Close the connection; with ``linger``, first let the peer finish sending.
+
+        Closing a socket with unread input makes the kernel send a reset, and a reset
+        can make the peer drop response bytes it has not read yet.  So the write side
+        is shut down first and the input drained until the peer closes (bounded by
+        :data:`LINGER_SECONDS`).
+        """
+        if self.closed:
+            return
+        self.closed = True
+        self._keepGoing = False
+        self._pending.clear()
+        if linger:
+            self._drain_input()
+        self._sock.close()
+
+    def _drain_input(self) -> None:
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + LINGER_SECONDS
+            while (remaining := deadline - time.monotonic()) > 0:
+                self._sock.settimeout(remaining)
+                if not self._sock.recv(65536):
+                    break
+        except OSError:
+            pass
+
+    def peer(self) -> str:
+        addr = self._addr
+        if isinstance(addr, tuple) and len(addr) >= 2:
+            return "%s:%d" % (addr[0], addr[1])
+        return "unix socket"
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return "timed out"
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
+# ---- the worker loop ------------------------------------------------------------------
+
+
+def _allowed_peers(text: str) -> frozenset[str]:
+    """FCGI_WEB_SERVER_ADDRS: comma-separated IPv4 addresses; empty allows everyone."""
+    return frozenset(part.strip() for part in text.split(",") if part.strip())
+
+
+class _Worker:
+    """Accept connections and answer their requests, one at a time, until told to stop."""
+
+    def __init__(self, listener: socket.socket, handler: Handler, settings: Any,
+                 ctx: WorkerContext) -> None:
+        self._listener = listener
+        self._ctx = ctx
+        self._responder = _Responder(handler, ctx)
+        self._allowed = _allowed_peers(settings.fcgi_web_server_addrs or "")
+        # Shorter than the supervisor's timeout: a stalled peer costs its connection,
+        # not the whole worker.
+        self._io_timeout = max(0.5, float(settings.timeout) / 2.0)
+        self._conns: dict[int, _Connection] = {}
+
+    def run(self) -> None:
+        self._listener.setblocking(False)
+        try:
+            while self._ctx.alive:
+                self._expire_silent_connections()
+                watched: list[Any] = list(self._conns.values())
+                if self._may_accept():
+                    watched.append(self._listener)
+                for ready in self._ctx.wait(watched):
+                    if ready is not self._listener:
+                        self._pump(ready)
+                    elif self._ctx.alive:
+                        self._accept()
+            self._finish_pending()
+        finally:
+            for conn in list(self._conns.values()):
+                conn.close(linger=conn.has_input())
+            self._conns.clear()
+
+    def _may_accept(self) -> bool:
+        """Accept only with room left and no accepted connection still awaiting its
+        first request: a worker that took several new connections at once would
+        serve them one after the other while other workers sit idle."""
+        return (len(self._conns) < MAX_CONNECTIONS_PER_WORKER
+                and not any(conn.fresh for conn in self._conns.values()))
+
+    def _expire_silent_connections(self) -> None:
+        """Close new connections that sent nothing within the I/O timeout."""
+        limit = time.monotonic() - self._io_timeout
+        for conn in list(self._conns.values()):
+            if conn.fresh and conn.opened_at < limit:
+                log.info("closing connection from %s: no request within %g s",
+                         conn.peer(), self._io_timeout)
+                conn.close(linger=False)
+                self._conns.pop(conn.fd, None)
+
+    def _accept(self) -> None:
+        try:
+            sock, addr = self._listener.accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return  # another worker was faster, or the peer gave up
+        except OSError as exc:
+            log.error("accept failed: %s", _reason(exc))
+            return
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            if self._allowed and addr[0] not in self._allowed:
+                log.warning("refusing connection from %s: not in FCGI_WEB_SERVER_ADDRS", addr[0])
+                sock.close()
+                return
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(self._io_timeout)
+        conn = _Connection(sock, addr, self._responder)
+        self._conns[conn.fd] = conn
+
+    def _pump(self, conn: _Connection) -> None:
+        conn.pump()
+        if conn.closed:
+            self._conns.pop(conn.fd, None)
+
+    def _finish_pending(self) -> None:
+        """On the way out: answer the requests already sent to this worker.
+
+        A connection accepted just before the stop signal gets a short grace to send
+        its first request; an idle kept-alive connection is closed at once.
+        """
+        grace_end = time.monotonic() + FIRST_REQUEST_GRACE
+        for conn in list(self._conns.values()):
+            if conn.has_input() or (conn.fresh and conn.wait_input(grace_end - time.monotonic())):
+                self._pump(conn)
+
+
+def _worker_job(handler_factory: HandlerFactory, settings: Any,
+                listener: socket.socket, ctx: WorkerContext) -> None:
+    """The job run by each worker: build the handler (the boot phase), then serve."""
+    handler = handler_factory()
+    ctx.ready()
+    _Worker(listener, handler, settings, ctx).run()
+
+
+def serve(handler_factory: HandlerFactory, settings: Any, sock: socket.socket) -> None:
+    """Serve FastCGI on ``sock`` with a pool of ``settings.workers`` processes.
+
+    Each worker calls ``handler_factory()`` once after the fork, then
+    ``handler(params) -> bytes`` for every request; the bytes are the complete CGI
+    output (header lines, blank line, body).  Returns after SIGTERM/SIGINT once
+    every worker has finished; exits with status 3 if a worker cannot boot.
+    """
+    job = functools.partial(_worker_job, handler_factory, settings)
+    status = Supervisor(job, settings).run(sock)
+    if status:
+        sys.exit(status)
