@@ -475,7 +475,9 @@ class _Connection(flup.Connection):  # type: ignore[misc]  # flup has no type hi
         pos = 0
         while pos < len(data):
             pos, (name, value) = flup.decode_pair(data, pos)
-            req.params[name.decode("latin-1")] = value.decode("latin-1")
+            # CGI parameters are bytes; surrogate escapes keep every byte (a raw UTF-8
+            # path in QUERY_STRING round-trips to the file system unchanged)
+            req.params[name.decode("latin-1")] = value.decode("utf-8", "surrogateescape")
         self._start_request(req)
 
     def _do_abort_request(self, inrec: Any) -> None:
@@ -656,6 +658,9 @@ def _worker_job(handler_factory: HandlerFactory, settings: Any,
                 listener: socket.socket, ctx: WorkerContext) -> None:
     """The job run by each worker: build the handler (the boot phase), then serve."""
     handler = handler_factory()
+    if getattr(handler, "heartbeat", False) is None:
+        # long work inside one request (a pyramid build) proves the worker is alive
+        handler.heartbeat = ctx.notify
     ctx.ready()
     _Worker(listener, handler, settings, ctx).run()
 

@@ -58,11 +58,12 @@ def encode_length(n: int) -> bytes:
 
 
 def encode_params(params: Mapping[str, str | bytes]) -> bytes:
-    """Name-value pairs; str values are sent as Latin-1, as web servers pass raw bytes."""
+    """Name-value pairs; str values are sent as UTF-8 (surrogate escapes give back any
+    byte), as web servers pass the raw bytes of the request."""
     out = []
     for name, value in params.items():
         n = name.encode("latin-1")
-        v = value.encode("latin-1") if isinstance(value, str) else value
+        v = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
         out.append(encode_length(len(n)) + encode_length(len(v)) + n + v)
     return b"".join(out)
 

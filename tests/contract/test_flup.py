@@ -224,12 +224,12 @@ def test_params_are_decoded_record_by_record_so_split_pairs_break():
     stream and decodes it with decode_pair once complete."""
     conn = _RecordingConnection(_Server())
     conn._do_begin_request(_begin())
-    encoded = fc.encode_params({"QUERY_STRING": "a=1", "X" * 130: "\xe9" * 200})
+    encoded = fc.encode_params({"QUERY_STRING": "a=1", "X" * 130: b"\xe9" * 200})
     conn._do_params(_rec(flup.FCGI_PARAMS, 1, encoded))
     assert conn.started == []
     conn._do_params(_rec(flup.FCGI_PARAMS, 1))
     (req,) = conn.started
-    assert req.params == {"QUERY_STRING": "a=1", "X" * 130: "\xe9" * 200}  # Latin-1 text
+    assert req.params == {"QUERY_STRING": "a=1", "X" * 130: "\xe9" * 200}  # flup: Latin-1
 
     conn = _RecordingConnection(_Server())
     conn._do_begin_request(_begin())

@@ -62,7 +62,7 @@ def factory():
         elif qs.startswith("big="):
             body = bytes(i % 251 for i in range(int(qs[4:])))
         else:
-            body = b"FIXED " + qs.encode("latin-1")
+            body = b"FIXED " + qs.encode("utf-8", "surrogateescape")
         return (b"Server: test\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n"
                 % len(body)) + body
     return handler
@@ -76,7 +76,7 @@ fcgi.serve(factory, settings, sock)
 
 def expected_output(query: str) -> bytes:
     """The exact CGI bytes the test handler returns for a plain query."""
-    body = b"FIXED " + query.encode("latin-1")
+    body = b"FIXED " + query.encode("utf-8", "surrogateescape")
     head = b"Server: test\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % len(body)
     return head + body
 
