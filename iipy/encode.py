@@ -1,4 +1,5 @@
-"""Image encoding: the only module that imports Pillow."""
+"""Image encoding (JPEG, PNG) and the reading and scaling of watermark images: the only
+module that imports Pillow."""
 
 from __future__ import annotations
 
@@ -29,3 +30,23 @@ def png(pixels: np.ndarray) -> bytes:
     out = io.BytesIO()
     image.save(out, "PNG", compress_level=1)
     return out.getvalue()
+
+
+def load_rgba(path: str) -> np.ndarray:
+    """Any image Pillow reads (TIFF, PNG, JPEG, ...) as uint8 (h, w, 4) RGBA: grey
+    images give equal colour channels, images without alpha an opaque one.  16-bit
+    and float images are scaled to 8 bits by Pillow's conversion rules."""
+    with Image.open(path) as image:
+        image.load()
+        if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            data = np.asarray(image, dtype=np.float64)
+            top = float(data.max()) if data.size else 0.0
+            scaled = data * (255.0 / top) if top > 0 else data * 0
+            image = Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), "L")
+        return np.asarray(image.convert("RGBA"), dtype=np.uint8).copy()
+
+
+def resize_rgba(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
+    """uint8 (h, w, 4) resized to (height, width, 4) with an antialiasing filter."""
+    image = Image.fromarray(np.ascontiguousarray(pixels, np.uint8), "RGBA")
+    return np.asarray(image.resize((width, height), Image.Resampling.LANCZOS), dtype=np.uint8)

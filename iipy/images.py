@@ -9,12 +9,20 @@ gets the same 404 as a missing file.
 A FIF may end with an extension selector, as in CFITSIO: ``mosaic.fits[2]`` (HDU number)
 or ``mosaic.fits[SCI]`` / ``mosaic.fits[SCI,2]`` (EXTNAME, EXTVER).  The selector never
 takes part in path resolution.
+
+A FIF that names no file may name an image sequence (iip-protocol.md §4.1 step 5): the
+files ``<path><FILENAME_PATTERN><h>_<v>.<ext>``, where h is a horizontal and v a
+vertical view angle written with at least three digits.  ``<path><pattern>000_090.*``
+must exist, with a single extension; the horizontal angles are those of the files
+``..._<h>_090.<ext>``, the vertical ones those of ``..._000_<v>.<ext>``.  The sequence
+opens at angles 0, 90; SDS chooses another file of it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import stat as stat_module
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -26,6 +34,23 @@ from .settings import Settings
 log = logging.getLogger(__name__)
 
 
+#: Largest number of directory entries looked at for one image sequence.
+SEQUENCE_SCAN_LIMIT = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Sequence:
+    """The files of an image sequence: ``<stem><h>_<v><ext>`` (angles with %03d)."""
+
+    stem: str  # real directory + "/" + file-name prefix (path and FILENAME_PATTERN)
+    ext: str  # the extension with its dot, e.g. ".fits"
+    horizontal: tuple[int, ...]  # ascending
+    vertical: tuple[int, ...]
+
+    def path(self, horizontal: int, vertical: int) -> str:
+        return "%s%03d_%03d%s" % (self.stem, horizontal, vertical, self.ext)
+
+
 @dataclass(frozen=True, slots=True)
 class ImageRef:
     """A resolved image: what identifies its bytes, from one ``stat``."""
@@ -35,6 +60,8 @@ class ImageRef:
     selector: str  # extension selector without brackets, "" for the default
     mtime_ns: int
     size: int
+    sequence: Sequence | None = None  # set when the FIF names an image sequence
+    angles: tuple[int, int] = (0, 90)  # the view angles of this file of the sequence
 
     @property
     def mtime(self) -> float:
@@ -69,6 +96,13 @@ def _root(prefix: str) -> str:
     return os.path.realpath(os.path.dirname(prefix) or ".")
 
 
+def _inside(real: str, settings: Settings) -> bool:
+    if not settings.filesystem_prefix:
+        return True
+    root = _root(settings.filesystem_prefix)
+    return real == root or real.startswith(root.rstrip("/") + "/")
+
+
 def resolve(fif: str, settings: Settings) -> ImageRef:
     """Resolve a decoded FIF argument, or raise FileNotFound."""
     requested = strip_dotdot(fif)
@@ -80,18 +114,88 @@ def resolve(fif: str, settings: Settings) -> ImageRef:
     if "\x00" in full:
         raise missing
     real = os.path.realpath(full)
-    if settings.filesystem_prefix:
-        root = _root(settings.filesystem_prefix)
-        if real != root and not real.startswith(root.rstrip("/") + "/"):
-            log.warning("refused FIF %r: resolves outside FILESYSTEM_PREFIX", fif)
-            raise missing
+    if not _inside(real, settings):
+        log.warning("refused FIF %r: resolves outside FILESYSTEM_PREFIX", fif)
+        raise missing
     try:
         st = os.stat(real)
     except (OSError, ValueError):
-        raise missing from None
-    if not stat_module.S_ISREG(st.st_mode):
-        raise missing
+        st = None
+    if st is None or not stat_module.S_ISREG(st.st_mode):
+        sequence = find_sequence(full + settings.filename_pattern, settings)
+        if sequence is None:
+            raise missing
+        return sequence_ref(fif, selector, sequence, 0, 90, settings)
     return ImageRef(fif, real, selector, st.st_mtime_ns, st.st_size)
+
+
+def sequence_ref(fif: str, selector: str, sequence: Sequence, horizontal: int,
+                 vertical: int, settings: Settings) -> ImageRef:
+    """The file of ``sequence`` at the given angles, or FileNotFound."""
+    real = os.path.realpath(sequence.path(horizontal, vertical))
+    st = None
+    if _inside(real, settings):
+        try:
+            st = os.stat(real)
+        except (OSError, ValueError):
+            pass
+    if st is None or not stat_module.S_ISREG(st.st_mode):
+        raise FileNotFound("%s: no image for the view angles %d, %d" % (fif, horizontal, vertical))
+    return ImageRef(fif, real, selector, st.st_mtime_ns, st.st_size, sequence,
+                    (horizontal, vertical))
+
+
+_sequences: dict[tuple[str, str, int], Sequence | None] = {}
+
+
+def find_sequence(stem: str, settings: Settings) -> Sequence | None:
+    """The image sequence whose files start with ``stem`` (path + FILENAME_PATTERN), or
+    None.  One listing of the directory, remembered until the directory changes."""
+    directory, prefix = os.path.split(stem)
+    if not prefix or "\x00" in stem:
+        return None
+    real_dir = os.path.realpath(directory or ".")
+    if not _inside(real_dir, settings):
+        return None
+    try:
+        dir_mtime = os.stat(real_dir).st_mtime_ns
+    except (OSError, ValueError):
+        return None
+    key = (real_dir, prefix, dir_mtime)
+    if key in _sequences:
+        return _sequences[key]
+    sequence = _scan_sequence(real_dir, prefix)
+    if len(_sequences) >= 256:
+        _sequences.clear()
+    _sequences[key] = sequence
+    return sequence
+
+
+def _scan_sequence(real_dir: str, prefix: str) -> Sequence | None:
+    pattern = re.compile(re.escape(prefix) + r"(\d+)_(\d+)(\..*)\Z", re.DOTALL)
+    found: list[tuple[int, int, str]] = []
+    try:
+        with os.scandir(real_dir) as entries:
+            for n, entry in enumerate(entries):
+                if n >= SEQUENCE_SCAN_LIMIT:
+                    log.warning("image sequence %s%s: more than %d files, not scanned further",
+                                real_dir, prefix, SEQUENCE_SCAN_LIMIT)
+                    break
+                m = pattern.match(entry.name)
+                if m:
+                    found.append((int(m.group(1)), int(m.group(2)), m.group(3)))
+    except OSError:
+        return None
+    exts = {ext for h, v, ext in found if h == 0 and v == 90}
+    if not exts:
+        return None
+    if len(exts) > 1:
+        raise FileNotFound("There are multiple file extensions matching %s%s000_090"
+                           % (os.path.basename(real_dir) + "/", prefix))
+    ext = exts.pop()
+    horizontal = sorted({h for h, v, e in found if v == 90 and e == ext})
+    vertical = sorted({v for h, v, e in found if h == 0 and e == ext})
+    return Sequence(os.path.join(real_dir, prefix), ext, tuple(horizontal), tuple(vertical))
 
 
 T = TypeVar("T")

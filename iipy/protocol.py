@@ -9,6 +9,7 @@ protocols) are URL-decoded, and numbers are read with C's ``atoi``/``atof``.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -150,8 +151,8 @@ def rgn(arg: str) -> tuple[float, float, float, float] | None:
     x, y, w, h = (atof(p) for p in parts[:4])
     if not (w > 0 and h > 0):
         return None
-    x = min(max(x, 0.0), 1.0)
-    y = min(max(y, 0.0), 1.0)
+    x = min(x, 1.0) if x > 0.0 else 0.0  # NaN counts as 0
+    y = min(y, 1.0) if y > 0.0 else 0.0
     if x + w > 1.0:
         w = 1.0 - x
     w = min(max(w, 0.0), 1.0)
@@ -159,14 +160,72 @@ def rgn(arg: str) -> tuple[float, float, float, float] | None:
     return x, y, w, h
 
 
+def c_int(arg: str) -> int:
+    """``atoi`` as glibc computes it into a C ``int``: the value saturates at the 64-bit
+    ``long`` limits, then keeps its low 32 bits (``atoi("4294967301")`` is 5 and
+    ``atoi("99999999999999999999")`` is -1).  WID and HEI are read this way."""
+    value = max(-(1 << 63), min((1 << 63) - 1, atoi(arg)))
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
 def rot(arg: str) -> tuple[int, bool]:
-    """``[!]angle``: (angle in {0, 90, 180, 270} or 0 if not a multiple of 90, mirror)."""
+    """``[!]angle``: (angle in {0, 90, 180, 270}, mirror).  The integer part of the angle
+    is taken modulo 360; angles that are not multiples of 90, infinite, NaN or beyond
+    the range of a C ``int`` give 0 (no rotation).  ``!`` mirrors horizontally before
+    the rotation (``!180`` is a vertical flip)."""
     mirror = arg.startswith("!")
     angle_f = atof(arg[1:] if mirror else arg)
+    if not math.isfinite(angle_f) or abs(angle_f) >= 2.0 ** 31:
+        return 0, mirror
     angle = int(angle_f) % 360
     if angle % 90 != 0:
         angle = 0
     return angle, mirror
+
+
+def shd(arg: str) -> tuple[int, int] | None:
+    """``h,v`` (degrees, atoi): azimuth of the light from 12 o'clock and its elevation;
+    None unless two values are present."""
+    parts = arg.split(",")
+    if len(parts) < 2:
+        return None
+    return atoi(parts[0]), atoi(parts[1])
+
+
+def sds(arg: str) -> tuple[int, int]:
+    """``h[,v]`` view angles (atoi); without a comma the text gives both, as in iipsrv."""
+    return int_pair(arg)
+
+
+def til(arg: str) -> tuple[int, int, int]:
+    """``res,start[-end]``: (res, start, end); end defaults to start and is never below
+    it.  Without a comma the whole text is both the resolution and the tile."""
+    res_text, sep, rest = arg.partition(",")
+    if not sep:
+        rest = arg
+    start_text, dash, end_text = rest.partition("-")
+    start = atoi(start_text)
+    end = atoi(end_text) if dash else start
+    return atoi(res_text), start, max(start, end)
+
+
+def spectra(arg: str) -> tuple[int, int, int, int]:
+    """``res,tile,x,y`` (atoi; a missing value is 0)."""
+    parts = (arg.split(",") + ["", "", "", ""])[:4]
+    res, tile, x, y = (atoi(p) for p in parts)
+    return res, tile, x, y
+
+
+def col(arg: str) -> str | None:
+    """COL: ``grey``/``gray`` (luminance) or ``binary`` (bi-level), case-insensitive;
+    anything else gives None (no conversion)."""
+    name = arg.strip().lower()
+    if name in ("grey", "gray"):
+        return "grey"
+    if name == "binary":
+        return "binary"
+    return None
 
 
 _PFL_RE = re.compile(r"^([^:]*):(.*)$")

@@ -1,14 +1,31 @@
-"""Display settings of one request (MINMAX, CNT, GAM, CMP, INV, CTW) and their
-application to float32 data, in the order of iip-protocol.md §6.2 (ASTRO)."""
+"""Display settings of one request and their application to float32 data, in the
+order of iip-protocol.md §6.2 (ASTRO): normalise, SHD, CTW, band flattening, GAM, INV,
+CMP, quantise with CNT; then COL, flip and rotation on the 8-bit result.
+
+Tiles go through ``render`` (the compiled kernels do normalise..quantise in one pass).
+Exports (CVT) go through ``export``: the region is read strip by strip, normalised
+(and shaded), resampled in float to the output size, then the rest of the pipeline
+runs on the resampled values.  Resampling after normalisation instead of after CTW
+gives the same values, since CTW and resampling are both linear.
+
+The watermark (WATERMARK*) is added to the 8-bit result before encoding, so cached
+responses hold it, as in iipsrv.
+"""
 
 from __future__ import annotations
 
+import math
+import random
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
 from . import kernels
 from .fitsimage import DisplayRange
+
+#: Bytes of float32 data an export handles at once (bounds its memory besides the output).
+STRIP_BYTES = 32 << 20
 
 
 @dataclass(slots=True)
@@ -22,11 +39,13 @@ class View:
     invert: bool = False
     ctw: list[list[float]] = field(default_factory=list)
     quality: int | None = None
+    shade: tuple[int, int] | None = None  # SHD: (azimuth, elevation) in degrees
+    colour: str | None = None  # COL: "grey" or "binary"
 
     def key(self) -> tuple:
         """Everything that changes rendered pixels, normalised (for cache keys)."""
         return (tuple(sorted(self.minmax.items())), self.contrast, self.gamma, self.cmap,
-                self.invert, tuple(tuple(r) for r in self.ctw))
+                self.invert, tuple(tuple(r) for r in self.ctw), self.shade, self.colour)
 
 
 def ranges_for(view: View, defaults: list[DisplayRange]) -> tuple[np.ndarray, np.ndarray]:
@@ -39,15 +58,302 @@ def ranges_for(view: View, defaults: list[DisplayRange]) -> tuple[np.ndarray, np
     return mins, maxs
 
 
-def render(src: np.ndarray, view: View, defaults: list[DisplayRange]) -> np.ndarray:
-    """float32 (C, h, w) to uint8 (h, w) grey or (h, w, 3) colour."""
+def shade_margin(view: View, channels: int) -> int:
+    """Pixels needed around a window: 1 for the gradient shading of 1- and 2-channel
+    data (so that tiles and strips join without seams), else 0."""
+    return 1 if view.shade is not None and channels < 3 else 0
+
+
+def render(src: np.ndarray, view: View, defaults: list[DisplayRange],
+           margin: tuple[int, int, int, int] = (0, 0, 0, 0)) -> np.ndarray:
+    """float32 (C, h, w) to uint8 (h, w) grey or (h, w, 3) colour.
+
+    ``margin`` (left, top, right, bottom) counts extra pixels around the wanted window
+    that ``src`` holds for SHD; they are used for gradients and left out of the result.
+    COL is applied; flips and rotations are not (see ``orient``)."""
     mins, maxs = ranges_for(view, defaults)
-    ctw = np.array(_rectangular(view.ctw), np.float32) if view.ctw else None
-    return kernels.render(src, mins, maxs, ctw=ctw, gamma=view.gamma, invert=view.invert,
-                          cmap=view.cmap, contrast=view.contrast)
+    if view.shade is None:
+        pixels = kernels.render(src, mins, maxs, ctw=_ctw(view), gamma=view.gamma,
+                                invert=view.invert, cmap=view.cmap, contrast=view.contrast)
+    else:
+        norm = shade(normalise(src, mins, maxs), *view.shade)
+        left, top, right, bottom = margin
+        norm = norm[:, top : norm.shape[1] - bottom, left : norm.shape[2] - right]
+        pixels = finish(norm, view)
+    return convert_colour(pixels, view.colour)
+
+
+def finish(norm: np.ndarray, view: View) -> np.ndarray:
+    """Already normalised float32 (C, h, w) through CTW, flattening, GAM, INV, CMP and
+    quantisation (the kernels' normalisation with range 0..1 is the identity)."""
+    return kernels.render(np.ascontiguousarray(norm, np.float32), 0.0, 1.0, ctw=_ctw(view),
+                          gamma=view.gamma, invert=view.invert, cmap=view.cmap,
+                          contrast=view.contrast)
+
+
+def _ctw(view: View) -> np.ndarray | None:
+    return np.array(_rectangular(view.ctw), np.float32) if view.ctw else None
 
 
 def _rectangular(rows: list[list[float]]) -> list[list[float]]:
     """Pad ragged CTW rows with zeros (a missing coefficient contributes nothing)."""
     width = max(len(r) for r in rows)
     return [list(r) + [0.0] * (width - len(r)) for r in rows]
+
+
+def normalise(src: np.ndarray, mins: np.ndarray, maxs: np.ndarray) -> np.ndarray:
+    """§6.1 in float32: (x - min) / (max - min) per channel; non-finite samples give 0."""
+    src = np.asarray(src, np.float32)
+    if src.ndim == 2:
+        src = src[np.newaxis]
+    c = src.shape[0]
+    lo = np.asarray(mins, np.float64)[:c].astype(np.float32)
+    hi = np.asarray(maxs, np.float64)[:c].astype(np.float32)
+    d = (hi - lo).astype(np.float32)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        factor = np.where(np.abs(d) > 1e-30, np.float32(1) / d, np.float32(1e30)).astype(np.float32)
+        v = (src - lo[:, None, None]) * factor[:, None, None]
+        v[~np.isfinite(v)] = 0
+    return v
+
+
+# --- SHD -----------------------------------------------------------------------------
+
+
+def shade(norm: np.ndarray, azimuth: int, elevation: int) -> np.ndarray:
+    """SHD on normalised (C, h, w) data; one channel out, values 0..1.
+
+    Three or more channels are surface normals, as iipsrv reads them: each channel v
+    becomes 1 - 2v (all three exactly 0: no normal), the light comes from
+    (sin h, cos h, -sin v) normalised, with the x part negative for h > 180, and the
+    result is half the dot product, clipped.
+
+    One or two channels (iipsrv reads past its buffer there) are shaded as a relief:
+    the height is channel 0 in display units (0..255 over the MINMAX range), the
+    surface normal comes from its central differences (one-sided at the image's edge),
+    the light from azimuth h clockwise from north (up) at elevation v, and the result
+    is the cosine of the angle between them, clipped to 0..1 (a flat area gives sin v).
+    """
+    if norm.shape[0] >= 3:
+        h = math.radians(azimuth)
+        lx = abs(math.sin(h)) * (-1.0 if azimuth > 180 else 1.0)
+        light = np.array([lx, math.cos(h), -math.sin(math.radians(elevation))], np.float64)
+        light /= np.linalg.norm(light)
+        light32 = light.astype(np.float32)
+        n = np.float32(1) - np.float32(2) * norm[:3]
+        dot = light32[0] * n[0] + light32[1] * n[1] + light32[2] * n[2]
+        out = np.clip(np.float32(0.5) * dot, 0, 1)
+        out[(norm[0] == 0) & (norm[1] == 0) & (norm[2] == 0)] = 0
+        return out[np.newaxis].astype(np.float32)
+    z = np.clip(norm[0], 0, 1).astype(np.float32) * np.float32(255)
+    if z.shape[1] > 1:
+        gx = np.gradient(z, axis=1)
+    else:
+        gx = np.zeros_like(z)
+    if z.shape[0] > 1:
+        gy = np.gradient(z, axis=0)  # rows go down: north is -gy
+    else:
+        gy = np.zeros_like(z)
+    a, e = math.radians(azimuth), math.radians(elevation)
+    lx, ly, lz = math.cos(e) * math.sin(a), math.cos(e) * math.cos(a), math.sin(e)
+    # normal (-dz/dx, -dz/dnorth, 1) = (-gx, gy, 1), normalised
+    dot = (np.float32(-lx) * gx + np.float32(ly) * gy + np.float32(lz)) / \
+        np.sqrt(gx * gx + gy * gy + np.float32(1))
+    return np.clip(dot, 0, 1).astype(np.float32)[np.newaxis]
+
+
+# --- COL, flips and rotations -------------------------------------------------------------
+
+
+def convert_colour(pixels: np.ndarray, colour: str | None) -> np.ndarray:
+    """COL on 8-bit output: ``grey`` turns RGB into luminance (0.299, 0.587, 0.114,
+    truncated); ``binary`` into 0 or 255 around Otsu's threshold."""
+    if colour is None:
+        return pixels
+    if pixels.ndim == 3:
+        p = pixels.astype(np.uint32)
+        pixels = ((p[..., 0] * 19595 + p[..., 1] * 38470 + p[..., 2] * 7471) >> 16).astype(np.uint8)
+    if colour == "binary":
+        pixels = np.where(pixels > otsu_threshold(pixels), 255, 0).astype(np.uint8)
+    return pixels
+
+
+def otsu_threshold(grey: np.ndarray) -> int:
+    """The threshold t maximising the between-class variance of (<= t, > t)."""
+    hist = np.bincount(grey.ravel(), minlength=256).astype(np.float64)
+    total = hist.sum()
+    if total == 0:
+        return 127
+    levels = np.arange(256, dtype=np.float64)
+    w0 = np.cumsum(hist)
+    m0 = np.cumsum(hist * levels)
+    w1 = total - w0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (m0[-1] * w0 / total - m0) ** 2 / (w0 * w1)
+    between[~np.isfinite(between)] = -1
+    return int(np.argmax(between))
+
+
+def orient(pixels: np.ndarray, angle: int, mirror: bool) -> np.ndarray:
+    """ROT on 8-bit output: a horizontal mirror first (``!``), then a clockwise
+    rotation by ``angle`` (0, 90, 180, 270); ``!180`` is thus a vertical flip."""
+    if mirror:
+        pixels = pixels[:, ::-1]
+    if angle:
+        pixels = np.rot90(pixels, k=-(angle // 90), axes=(0, 1))
+    return np.ascontiguousarray(pixels)
+
+
+# --- resampling and export ------------------------------------------------------------------
+
+
+def axis_map(n_src: int, n_dst: int, bilinear: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each of ``n_dst`` output pixels: the two source pixels and the weight of the
+    second (pixel centres aligned: output pixel i samples source position
+    (i + 0.5) n_src / n_dst - 0.5).  Nearest neighbour gives the same index twice and
+    weight 0."""
+    i = np.arange(n_dst, dtype=np.float64)
+    if not bilinear:
+        i0 = np.minimum(np.floor((i + 0.5) * n_src / n_dst), n_src - 1).astype(np.intp)
+        return i0, i0, np.zeros(n_dst, np.float32)
+    s = np.clip((i + 0.5) * n_src / n_dst - 0.5, 0, n_src - 1)
+    i0 = np.floor(s).astype(np.intp)
+    i1 = np.minimum(i0 + 1, n_src - 1)
+    return i0, i1, (s - i0).astype(np.float32)
+
+
+def _resample_cols(a: np.ndarray, i0: np.ndarray, i1: np.ndarray, f: np.ndarray) -> np.ndarray:
+    if a.shape[-1] == len(i0) and not f.any() and (i0 == np.arange(len(i0))).all():
+        return a
+    left = a[..., i0]
+    if not f.any():
+        return left
+    return left + (a[..., i1] - left) * f
+
+
+def _resample_rows(a: np.ndarray, i0: np.ndarray, i1: np.ndarray, f: np.ndarray) -> np.ndarray:
+    if a.shape[-2] == len(i0) and not f.any() and (i0 == np.arange(len(i0))).all():
+        return a
+    top = a[:, i0]
+    if not f.any():
+        return top
+    return top + (a[:, i1] - top) * f[:, None]
+
+
+def export(read: Callable[[int, int, int, int], np.ndarray], source: tuple[int, int, int, int],
+           level_size: tuple[int, int], channels: int, out_size: tuple[int, int], view: View,
+           defaults: list[DisplayRange], bilinear: bool = True,
+           budget: int = STRIP_BYTES) -> np.ndarray:
+    """A region resampled to ``out_size`` and rendered: uint8 (h, w) or (h, w, 3).
+
+    ``read(x, y, w, h)`` returns float32 (C, h, w) of the level the region
+    ``source`` = (x, y, w, h) belongs to (a level of size ``level_size``).  The output
+    is built in strips of rows; each strip reads only the source rows it needs, so the
+    float memory stays under ``budget`` bytes whatever the region's size."""
+    rx, ry, rw, rh = source
+    lw, lh = level_size
+    out_w, out_h = out_size
+    mins, maxs = ranges_for(view, defaults)
+    xi0, xi1, xf = axis_map(rw, out_w, bilinear)
+    yi0, yi1, yf = axis_map(rh, out_h, bilinear)
+    m = shade_margin(view, channels)
+    cx0, cx1 = max(0, rx - m), min(lw, rx + rw + m)
+    # float32 bytes per output row: source rows, columns resampled, rows resampled, and
+    # about as much again in temporaries
+    per_row = 8 * channels * ((rh / out_h + 2) * (cx1 - cx0 + out_w) + 2 * out_w)
+    rows = max(1, min(out_h, int(budget // per_row)))
+    out: np.ndarray | None = None
+    for oy0 in range(0, out_h, rows):
+        oy1 = min(out_h, oy0 + rows)
+        sy0, sy1 = int(yi0[oy0]), int(yi1[oy1 - 1]) + 1  # region rows this strip needs
+        ty0, ty1 = max(0, ry + sy0 - m), min(lh, ry + sy1 + m)
+        src = read(cx0, ty0, cx1 - cx0, ty1 - ty0)
+        norm = normalise(src, mins, maxs)
+        del src
+        if view.shade is not None:
+            norm = shade(norm, *view.shade)
+        top, left = ry + sy0 - ty0, rx - cx0
+        norm = norm[:, top : top + (sy1 - sy0), left : left + rw]
+        norm = _resample_cols(norm, xi0, xi1, xf)
+        norm = _resample_rows(norm, yi0[oy0:oy1] - sy0, yi1[oy0:oy1] - sy0, yf[oy0:oy1])
+        pixels = finish(norm, view)
+        del norm
+        if out is None:
+            out = np.empty((out_h,) + pixels.shape[1:], np.uint8)
+        out[oy0:oy1] = pixels
+    assert out is not None
+    return convert_colour(out, view.colour)
+
+
+# --- watermark --------------------------------------------------------------------------------
+
+
+class Watermark:
+    """A watermark added to 8-bit output, as iipsrv adds it: each time with probability
+    ``probability``, at a random position, value x ``opacity`` added to the pixels
+    (clipped at 255), so black parts of the watermark leave the image unchanged.  An
+    alpha channel scales the watermark.  A watermark larger than the tile is scaled down
+    to fit in it, keeping its aspect (iipsrv leaves such tiles without a watermark)."""
+
+    def __init__(self, rgba: np.ndarray, opacity: float, probability: float,
+                 resize: Callable[[np.ndarray, int, int], np.ndarray]):
+        rgba = np.asarray(rgba, np.uint8)
+        alpha = rgba[..., 3:4].astype(np.float32) / np.float32(255)
+        self.rgb = rgba[..., :3].astype(np.float32) * alpha  # premultiplied
+        self.opacity = float(opacity)
+        self.probability = float(probability)
+        self._resize = resize
+        self._rgba = rgba
+        self._fitted: dict[tuple[int, int, int], np.ndarray] = {}
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.rgb.shape[1], self.rgb.shape[0]
+
+    def fitted(self, max_w: int, max_h: int, channels: int) -> np.ndarray:
+        """The watermark, scaled down if needed to fit ``max_w`` x ``max_h``, times the
+        opacity: float32 (h, w) for grey output, (h, w, 3) for colour."""
+        w, h = self.size
+        scale = min(1.0, max_w / w, max_h / h)
+        fw, fh = max(1, int(w * scale)), max(1, int(h * scale))
+        key = (fw, fh, channels)
+        wm = self._fitted.get(key)
+        if wm is None:
+            if (fw, fh) == (w, h):
+                rgb = self.rgb
+            else:
+                small = self._resize(self._rgba, fw, fh)
+                alpha = small[..., 3:4].astype(np.float32) / np.float32(255)
+                rgb = small[..., :3].astype(np.float32) * alpha
+            if channels == 1:
+                rgb = rgb[..., 0] * np.float32(0.299) + rgb[..., 1] * np.float32(0.587) + \
+                    rgb[..., 2] * np.float32(0.114)
+            wm = (rgb * np.float32(self.opacity)).astype(np.float32)
+            if len(self._fitted) > 64:
+                self._fitted.clear()
+            self._fitted[key] = wm
+        return wm
+
+    def apply(self, pixels: np.ndarray, cell: tuple[int, int] | None = None,
+              rng: random.Random | None = None) -> np.ndarray:
+        """Add the watermark to uint8 (h, w) or (h, w, 3) ``pixels`` (in place), once
+        per ``cell``-sized block of a grid from the top-left corner (a whole tile when
+        ``cell`` is None), each with its own draw of the probability and position."""
+        if self.opacity <= 0 or self.probability <= 0:
+            return pixels
+        rng = rng or random
+        h, w = pixels.shape[:2]
+        cw, ch = cell if cell is not None else (w, h)
+        channels = 1 if pixels.ndim == 2 else 3
+        for y0 in range(0, h, ch):
+            for x0 in range(0, w, cw):
+                if self.probability < 1.0 and rng.random() >= self.probability:
+                    continue
+                bw, bh = min(cw, w - x0), min(ch, h - y0)
+                wm = self.fitted(bw, bh, channels)
+                ww, wh = wm.shape[1], wm.shape[0]
+                ox = x0 + rng.randrange(bw - ww + 1)
+                oy = y0 + rng.randrange(bh - wh + 1)
+                block = pixels[oy : oy + wh, ox : ox + ww]
+                block[...] = np.minimum(block + wm, np.float32(255)).astype(np.uint8)
+        return pixels

@@ -62,7 +62,8 @@ def test_levels_match_model_and_live_on_disk(image):
         np.testing.assert_allclose(got[0], exp, rtol=1e-6, equal_nan=True)
     # the all-NaN block stays NaN one level up; the Inf pixel is skipped
     assert np.isnan(p.levels[0][0, 479, 100])  # IIP rows 958-959 = FITS rows 101-102
-    files = sorted(os.listdir(os.path.join(settings.cache_dir, os.listdir(settings.cache_dir)[0])))
+    (pyramid_dir,) = [d for d in os.listdir(settings.cache_dir) if not d.endswith(".lock")]
+    files = sorted(os.listdir(os.path.join(settings.cache_dir, pyramid_dir)))
     assert files == ["level1.f32", "level2.f32", "level3.f32", "meta.json"]
     assert not any(f.endswith(".lock") for f in files)
 
