@@ -1,5 +1,11 @@
 """The request handler: FastCGI parameters in, CGI bytes out.  The only place where
-exceptions become responses; nothing a client sends can make it raise."""
+exceptions become responses; nothing a client sends can make it raise.
+
+HTTP methods: GET and POST are answered alike (from the query string, as iipsrv does;
+a request body is ignored); HEAD gets the same headers, Content-Length included, and no
+body; OPTIONS gets ``204 No Content`` (the CORS preflight answer when CORS is set);
+anything else gets ``405 Method Not Allowed``.  A missing REQUEST_METHOD means GET.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import logging
 import time
 
 from . import commands, protocol
+from .cache import build_cache
 from .commands import Context
 from .errors import HTTPError, InternalRequestError, NotModified
 from .response import Responder, Response
@@ -17,12 +24,15 @@ log = logging.getLogger(__name__)
 
 
 class Application:
-    """One per worker process (created after fork): owns the open images."""
+    """One per worker process (created after fork): owns the open images and the
+    response cache (its memcached connections are opened by this process)."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
         self.responder = Responder(settings)
         self.store = ImageStore(settings)
+        self.cache = build_cache(settings)
+        log.debug("response cache: %s", self.cache.describe())
 
     def __call__(self, params: dict[str, str]) -> bytes:
         return self.handle(params).to_bytes()
@@ -35,14 +45,29 @@ class Application:
         return params.get("QUERY_STRING", "")
 
     def handle(self, params: dict[str, str]) -> Response:
+        method = params.get("REQUEST_METHOD") or "GET"
+        if method == "GET" or method == "POST":
+            return self.answer(params)
+        if method == "HEAD":
+            return self.answer(params).without_body()
+        if method == "OPTIONS":
+            return self.responder.preflight()
+        log.info("405 %s [%s]", method[:32], params.get("QUERY_STRING", "")[:200])
+        return self.responder.method_not_allowed()
+
+    def answer(self, params: dict[str, str]) -> Response:
+        """The response to a GET (also POST and HEAD, which send it without a body)."""
         start = time.perf_counter()
         query = self.request_string(params)
         if not query:
             return self.responder.advert()
         request = protocol.parse(query)
         ims = params.get("HTTP_IF_MODIFIED_SINCE")
+        cache = self.cache
+        cache.begin_request()
         ctx = Context(self.settings, self.responder, self.store,
-                      if_modified_since=commands.parse_http_date(ims) if ims else None)
+                      if_modified_since=commands.parse_http_date(ims) if ims else None,
+                      cache=cache)
         try:
             response = commands.run(request, ctx)
         except NotModified:
@@ -58,7 +83,10 @@ class Application:
             response = self.responder.internal_error()
         if log.isEnabledFor(logging.INFO):
             t = ctx.timings
-            log.info("%d %s %.2f ms (read %.2f, render %.2f, encode %.2f) %d bytes",
+            hit = cache.outcome()
+            log.info("%d %s %.2f ms (read %.2f, render %.2f, encode %.2f, cache %.2f) "
+                     "%d bytes, cache hit: %s",
                      response.status, query, 1e3 * (time.perf_counter() - start),
-                     1e3 * t.read, 1e3 * t.render, 1e3 * t.encode, len(response.body))
+                     1e3 * t.read, 1e3 * t.render, 1e3 * t.encode, 1e3 * cache.elapsed,
+                     len(response.body), hit)
         return response

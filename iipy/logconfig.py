@@ -26,8 +26,11 @@ def configure(settings: Settings) -> None:
             handler: logging.Handler = logging.handlers.SysLogHandler(address="/dev/log")
         elif settings.logfile == "-":
             handler = logging.StreamHandler(sys.stderr)
+            sys.stderr.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
         else:
-            handler = logging.FileHandler(settings.logfile, delay=False)
+            # requests may carry any bytes (surrogate escapes): never fail on them
+            handler = logging.FileHandler(settings.logfile, delay=False, encoding="utf-8",
+                                          errors="backslashreplace")
     except OSError:
         root.addHandler(logging.NullHandler())  # as iipsrv: no log if it cannot be opened
         root.setLevel(logging.CRITICAL + 1)

@@ -15,6 +15,9 @@ from .settings import Settings
 
 Headers = tuple[tuple[str, str], ...]
 
+#: The HTTP methods iipy answers (``Allow``; anything else gets 405).
+ALLOWED_METHODS = "GET, HEAD, POST, OPTIONS"
+
 ADVERT_HTML = (
     b'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
     b"<title>iipy: IIP image server</title></head><body>"
@@ -56,6 +59,11 @@ class Response:
     @property
     def cacheable(self) -> bool:
         return self.status == 200
+
+    def without_body(self) -> "Response":
+        """The answer to HEAD: the same headers (Content-Length still that of the full
+        body), no body."""
+        return Response(self.status, self.headers, b"")
 
 
 def http_date(timestamp: float) -> str:
@@ -146,7 +154,29 @@ class Responder:
                             message.encode("utf-8", "surrogateescape"))
 
     def not_modified(self) -> Response:
-        return self._finish(304, [("Status", "304 Not Modified"), self.server], b"")
+        """iipsrv's 304 bytes; with CORS set, its two lines too (a cross-origin page's
+        revalidation must pass the browser's CORS check like the first answer did)."""
+        return self._finish(304, [("Status", "304 Not Modified"), self.server, *self.cors], b"")
+
+    def preflight(self) -> Response:
+        """OPTIONS (a CORS preflight): ``204 No Content``.  With CORS set, the allowed
+        origin, methods and request headers, cacheable by the browser for a day;
+        without, only ``Allow``: the browser then refuses the cross-origin request, as
+        it would without any answer."""
+        headers = [("Status", "204 No Content"), self.server, ("Allow", ALLOWED_METHODS)]
+        if self.cors:
+            headers += [self.cors[0],
+                        ("Access-Control-Allow-Methods", ALLOWED_METHODS),
+                        ("Access-Control-Allow-Headers", "X-Requested-With, If-Modified-Since"),
+                        ("Access-Control-Max-Age", "86400")]
+        return Response(204, tuple(headers), b"")  # 204: no Content-Length (RFC 9110)
+
+    def method_not_allowed(self) -> Response:
+        headers = [("Status", "405 Method Not Allowed"), self.server,
+                   ("Allow", ALLOWED_METHODS), ("Content-Type", "text/plain")]
+        headers.extend(self.cors)
+        return self._finish(405, headers, b"Method Not Allowed: use %s\n"
+                            % ALLOWED_METHODS.encode("ascii"))
 
     def advert(self) -> Response:
         headers = [self.server, ("Content-Type", "text/html"), ("Status", "400 Bad Request"),

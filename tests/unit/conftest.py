@@ -44,6 +44,7 @@ def settings(image_root, tmp_path) -> Settings:
         "IIPY_CACHE_DIR": str(tmp_path / "cache"),
         "IIPY_SERVER": "iipsrv/1.1",
         "VERBOSITY": "0",
+        "MEMCACHED_SERVERS": "",
     })
 
 

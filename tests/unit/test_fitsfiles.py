@@ -14,7 +14,7 @@ from iipy.settings import Settings
 def make_app(tmp_path) -> Application:
     return Application(Settings.from_environ({
         "FILESYSTEM_PREFIX": str(tmp_path) + "/", "IIPY_CACHE_DIR": str(tmp_path / "c"),
-        "VERBOSITY": "0"}))
+        "VERBOSITY": "0", "MEMCACHED_SERVERS": ""}))
 
 
 def test_tile_compressed_hdus_are_served_with_their_values(tmp_path):

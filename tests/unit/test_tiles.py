@@ -62,7 +62,7 @@ def app_for(tmp_path):
     def make(name: str, hdu_list, **env) -> Application:
         fits.HDUList(hdu_list).writeto(tmp_path / name)
         base = {"FILESYSTEM_PREFIX": str(tmp_path) + "/", "IIPY_CACHE_DIR": str(tmp_path / "c"),
-                "VERBOSITY": "0"}
+                "VERBOSITY": "0", "MEMCACHED_SERVERS": ""}
         base.update(env)
         return Application(Settings.from_environ(base))
     return make

@@ -1,0 +1,457 @@
+"""Caches of finished responses: per worker in memory, shared through memcached.
+
+Every cache here implements the ``TileCache`` protocol of :mod:`iipy.commands`:
+``get(key) -> bytes | None`` and ``set(key, value)``, where ``key`` is a tuple of plain
+values (str, int, float, bool, None, nested tuples) that ``commands`` builds from the
+*normalised* request (the output command and its arguments, the image identity
+(path, HDU selector, mtime_ns, size), the view) and ``value`` is the complete response
+(``Response.to_bytes()``).
+
+Keys.  A key tuple is hashed with BLAKE2b together with everything else that changes
+the bytes: the settings that appear in the output (Server token, CORS, Cache-Control,
+default JPEG quality, tile size, CVT limits, watermark), iipy's version and cache
+format, and a digest of iipy's code (so hosts share entries when they run the same
+build, and a rebuilt iipy never reads what an older one stored).  Two workers, or two hosts, with the same configuration compute the same
+digest for the same request, whatever order its modifiers were written in; a file
+that changes on disk changes its identity, so its old entries are never found again
+(they age out).  In memcached the key is ``iipy:<32 hex digits>``: always 37 bytes,
+within memcached's 250-byte limit whatever the request length, and never in iipsrv's
+``iipsrv::`` namespace, so both servers can share one memcached.
+
+``MemoryCache`` is a least-recently-used map bounded in bytes (MAX_IMAGE_CACHE_SIZE MB
+per worker process, as iipsrv's tile cache).  ``MemcachedCache`` is the only user of
+pymemcache; it fails open: every error is a miss, a server that fails is left alone for
+a few seconds (then retried), and failures are logged at most once a minute.
+``LayeredCache`` asks memory first, then memcached, and copies memcached hits into
+memory.  ``build_cache(settings)`` builds what the settings ask for; call it in the
+worker process (after fork): the memcached connections are opened lazily, by the
+process that uses them.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import socket
+import time
+from collections import OrderedDict
+from typing import Any, Callable
+
+from . import __version__
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: Changed whenever the cached bytes change meaning (response layout, key scheme).
+CACHE_FORMAT = 1
+#: Prefix of every memcached key (iipsrv uses ``iipsrv::``).
+KEY_PREFIX = "iipy:"
+#: Bytes per MB of MAX_IMAGE_CACHE_SIZE.
+MEGABYTE = 1024 * 1024
+#: Largest value sent to memcached: its default item size limit (1 MiB) less room for
+#: the item header and key.  Larger responses are not stored there.
+MEMCACHED_MAX_VALUE = MEGABYTE - 4096
+#: memcached's default port.
+MEMCACHED_PORT = 11211
+#: Seconds to wait for a memcached connection or answer before counting a miss.
+MEMCACHED_CONNECT_TIMEOUT = 0.1
+MEMCACHED_TIMEOUT = 0.1
+#: Seconds a memcached server that failed is left alone before it is tried again.
+MEMCACHED_BACKOFF = 3.0
+#: At most one warning about memcached per this many seconds (per worker).
+LOG_INTERVAL = 60.0
+#: memcached's largest relative expiry; larger values are read as a Unix time.
+_RELATIVE_EXPIRY_MAX = 30 * 24 * 3600
+
+Key = tuple
+
+
+def _code_digest() -> str:
+    """A digest of iipy's own code (its modules and compiled kernels), so that a changed
+    iipy never reads entries an older one stored, even under the same version number.
+    Computed once, at import (in the master, before the fork)."""
+    h = hashlib.blake2b(digest_size=8)
+    package = os.path.dirname(os.path.abspath(__file__))
+    try:
+        names = sorted(n for n in os.listdir(package) if n.endswith((".py", ".so", ".pyd")))
+        for name in names:
+            with open(os.path.join(package, name), "rb") as f:
+                h.update(name.encode("utf-8", "surrogateescape") + b"\0" + f.read())
+    except OSError:  # pragma: no cover - unreadable install: the version alone keys it
+        return ""
+    return h.hexdigest()
+
+
+#: See ``_code_digest``; part of every key.
+CODE_DIGEST = _code_digest()
+
+
+# ---- keys ---------------------------------------------------------------------------
+
+
+def output_settings(settings: Settings) -> tuple:
+    """The settings whose values can appear in a cached response."""
+    return (
+        ("server", settings.server_token),
+        ("cors", settings.cors),
+        ("cache_control", settings.cache_control),
+        ("jpeg_quality", settings.jpeg_quality),
+        ("tile_size", settings.tile_size),
+        ("max_cvt", settings.max_cvt),
+        ("allow_upscaling", settings.allow_upscaling),
+        ("interpolation", settings.interpolation),
+        ("base_url", settings.base_url),
+        ("watermark", settings.watermark, settings.watermark_probability,
+         settings.watermark_opacity),
+    )
+
+
+class KeyHasher:
+    """Turns a key tuple into a short hex digest that also covers the settings that
+    change the output and the iipy version."""
+
+    __slots__ = ("_base",)
+
+    def __init__(self, settings: Settings):
+        seed = repr((CACHE_FORMAT, __version__, CODE_DIGEST, output_settings(settings)))
+        self._base = hashlib.blake2b(seed.encode("utf-8", "surrogateescape"), digest_size=16)
+
+    def digest(self, key: Key) -> str:
+        """32 hex digits.  ``repr`` of tuples of str, int, float, bool and None is the
+        same in every process (no hash randomisation), so it is a canonical form."""
+        h = self._base.copy()
+        h.update(repr(key).encode("utf-8", "surrogateescape"))
+        return h.hexdigest()
+
+
+# ---- in-process LRU -----------------------------------------------------------------
+
+
+class MemoryCache:
+    """Least-recently-used responses of one process, bounded in bytes.
+
+    ``capacity`` counts the values' bytes; a value larger than the whole capacity is
+    not stored.  Not thread-safe (a worker serves one request at a time).
+    """
+
+    name = "memory"
+
+    def __init__(self, capacity: int, hasher: KeyHasher):
+        self.capacity = int(capacity)
+        self.hasher = hasher
+        self.size = 0
+        self._items: OrderedDict[str, bytes] = OrderedDict()
+        self.last_hit: str | None = None
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: Key) -> bytes | None:
+        value = self.get_digest(self.hasher.digest(key))
+        self.last_hit = self.name if value is not None else None
+        return value
+
+    def set(self, key: Key, value: bytes) -> None:
+        self.set_digest(self.hasher.digest(key), value)
+
+    def get_digest(self, digest: str) -> bytes | None:
+        value = self._items.get(digest)
+        if value is not None:
+            self._items.move_to_end(digest)
+        return value
+
+    def set_digest(self, digest: str, value: bytes) -> None:
+        size = len(value)
+        old = self._items.pop(digest, None)
+        if old is not None:
+            self.size -= len(old)
+        if size > self.capacity:
+            return
+        self._items[digest] = value
+        self.size += size
+        while self.size > self.capacity:
+            _, evicted = self._items.popitem(last=False)
+            self.size -= len(evicted)
+
+    def clear(self) -> None:
+        self._items.clear()
+        self.size = 0
+
+
+# ---- memcached ----------------------------------------------------------------------
+
+
+def parse_servers(text: str) -> list[tuple[str, int] | str]:
+    """MEMCACHED_SERVERS: comma-separated ``host[:port]`` (port 11211 by default),
+    ``[v6addr]:port``, or a unix socket path.  Empty entries are skipped.
+
+    ``localhost`` becomes ``127.0.0.1``: the memcached client connects to the first
+    address a name resolves to, which is often ``::1``, while memcached (Debian's
+    default configuration) listens on 127.0.0.1 only.
+    """
+    servers: list[tuple[str, int] | str] = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if item.startswith("/") or item.startswith("unix:"):
+            servers.append(item[5:] if item.startswith("unix:") else item)
+            continue
+        host, port = item, MEMCACHED_PORT
+        if item.startswith("["):
+            end = item.find("]")
+            host = item[1:end] if end > 0 else item[1:]
+            rest = item[end + 1:] if end > 0 else ""
+            if rest.startswith(":") and rest[1:].isdigit():
+                port = int(rest[1:])
+        elif item.count(":") == 1:
+            name, _, digits = item.partition(":")
+            host = name
+            if digits.isdigit():
+                port = int(digits)
+        if host.lower() == "localhost":
+            host = "127.0.0.1"
+        if host:
+            servers.append((host, port))
+    return servers
+
+
+def _describe(servers: list[tuple[str, int] | str]) -> str:
+    return ",".join(s if isinstance(s, str) else "%s:%d" % s for s in servers)
+
+
+class MemcachedCache:
+    """Responses shared through one or more memcached servers; fails open.
+
+    Keys are spread over the servers by pymemcache's ``HashClient`` (rendezvous
+    hashing, a consistent hash: adding or losing a server moves only that server's
+    share of the keys), so a fleet of iipy hosts with the same MEMCACHED_SERVERS
+    shares one cache.  The client is created on first use, in the process that uses
+    it, with short timeouts.  Any error is a miss (or a skipped store): a server
+    that fails (refused, reset, timed out) is taken out of the rotation for
+    ``backoff`` seconds, then tried again.  ``client_factory`` and ``socket_module``
+    exist for fault-injection tests.
+    """
+
+    name = "memcached"
+
+    def __init__(self, servers: list[tuple[str, int] | str], hasher: KeyHasher, *,
+                 expire: int = 86400, backoff: float = MEMCACHED_BACKOFF,
+                 connect_timeout: float = MEMCACHED_CONNECT_TIMEOUT,
+                 timeout: float = MEMCACHED_TIMEOUT, max_value: int = MEMCACHED_MAX_VALUE,
+                 socket_module: Any = socket,
+                 client_factory: Callable[[], Any] | None = None):
+        if not servers:
+            raise ValueError("no memcached server")
+        self.servers = servers
+        self.hasher = hasher
+        self.expire = max(0, int(expire))
+        self.backoff = backoff
+        self.connect_timeout = connect_timeout
+        self.timeout = timeout
+        self.max_value = max_value
+        self._socket_module = socket_module
+        self._client_factory = client_factory or self._new_client
+        self._client: Any = None
+        self._pid = 0
+        self._reported = False
+        self._last_log = -LOG_INTERVAL
+        self._suppressed = 0
+        self.errors = 0
+        self.last_hit: str | None = None
+
+    def _new_client(self) -> Any:
+        from pymemcache.client.hash import HashClient
+        from pymemcache.client.rendezvous import RendezvousHash
+
+        return HashClient(
+            self.servers,
+            # pymemcache's rendezvous hashing, with a hash computed in C (its default,
+            # murmur3 in pure Python, costs more than the rest of a cache lookup)
+            hasher=functools.partial(RendezvousHash, hash_function=_node_score),
+            connect_timeout=self.connect_timeout,
+            timeout=self.timeout,
+            no_delay=True,
+            socket_module=self._socket_module,
+            # A failing server is removed at once and re-added after ``backoff``.
+            retry_attempts=0,
+            retry_timeout=self.backoff,
+            dead_timeout=self.backoff,
+            ignore_exc=False,  # errors come here, to be counted and logged
+            default_noreply=True,  # stores do not wait for memcached's answer
+        )
+
+    @property
+    def client(self) -> Any:
+        """The client of this process (a forked copy is never reused)."""
+        pid = os.getpid()
+        if self._client is None or self._pid != pid:
+            self._client = self._client_factory()
+            self._pid = pid
+        return self._client
+
+    def get(self, key: Key) -> bytes | None:
+        value = self.get_digest(self.hasher.digest(key))
+        self.last_hit = self.name if value is not None else None
+        return value
+
+    def set(self, key: Key, value: bytes) -> None:
+        self.set_digest(self.hasher.digest(key), value)
+
+    def get_digest(self, digest: str) -> bytes | None:
+        try:
+            value = self.client.get(KEY_PREFIX + digest)
+        except Exception as exc:  # noqa: BLE001 - every failure is a miss
+            self._failed("get", exc)
+            return None
+        self._succeeded()
+        return value if isinstance(value, bytes) else None
+
+    def set_digest(self, digest: str, value: bytes) -> None:
+        if len(value) > self.max_value:
+            log.debug("response of %d bytes not stored in memcached", len(value))
+            return
+        try:
+            self.client.set(KEY_PREFIX + digest, value, expire=_expiry(self.expire))
+        except Exception as exc:  # noqa: BLE001 - a failed store is only a lost entry
+            self._failed("set", exc)
+            return
+        self._succeeded()
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        self.errors += 1
+        now = time.monotonic()
+        if now - self._last_log < LOG_INTERVAL:
+            self._suppressed += 1
+            return
+        more = (" (%d more failures since the last report)" % self._suppressed
+                if self._suppressed else "")
+        log.warning("memcached %s: %s failed: %s; caching there resumes when a server "
+                    "answers again (retried every %g s)%s", _describe(self.servers), what,
+                    _reason(exc), self.backoff, more)
+        self._last_log = now
+        self._suppressed = 0
+        self._reported = True
+
+    def _succeeded(self) -> None:
+        if self._reported:
+            self._reported = False
+            log.warning("memcached %s: answering again", _describe(self.servers))
+
+    def close(self) -> None:
+        if self._client is not None and self._pid == os.getpid():
+            try:
+                self._client.close()
+            except Exception:  # noqa: BLE001
+                pass
+        self._client = None
+
+
+def _node_score(text: str, seed: int) -> int:
+    """Rendezvous score of ``<server>-<key>``: the same on every host."""
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=4,
+                             salt=seed.to_bytes(8, "little")).digest()
+    return int.from_bytes(digest, "big")
+
+
+def _expiry(seconds: int) -> int:
+    """MEMCACHED_TIMEOUT as memcached reads it: 0 never expires; above 30 days memcached
+    takes the number as a Unix time, so convert (at each store)."""
+    if seconds > _RELATIVE_EXPIRY_MAX:
+        return int(time.time()) + seconds
+    return seconds
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return "timed out"
+    text = getattr(exc, "strerror", None) or str(exc)
+    return "%s: %s" % (type(exc).__name__, text) if text else type(exc).__name__
+
+
+# ---- both ---------------------------------------------------------------------------
+
+
+class LayeredCache:
+    """Memory first, then memcached; a memcached hit is copied into memory.  Either
+    layer may be missing.  ``last_hit`` names the layer of the last hit (for the
+    request log) and ``elapsed`` adds up the seconds spent in the cache."""
+
+    def __init__(self, hasher: KeyHasher, memory: MemoryCache | None = None,
+                 shared: MemcachedCache | None = None):
+        self.hasher = hasher
+        self.memory = memory
+        self.shared = shared
+        self.last_hit: str | None = None
+        self.looked_up = False
+        self.elapsed = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.memory is not None or self.shared is not None
+
+    def begin_request(self) -> None:
+        self.last_hit = None
+        self.looked_up = False
+        self.elapsed = 0.0
+
+    def outcome(self) -> str:
+        """For the request log: the layer that answered, ``miss``, or ``-`` (no lookup,
+        or no cache)."""
+        if self.last_hit is not None:
+            return self.last_hit
+        return "miss" if self.looked_up and self.enabled else "-"
+
+    def get(self, key: Key) -> bytes | None:
+        self.looked_up = True
+        t0 = time.perf_counter()
+        digest = self.hasher.digest(key)
+        value = None
+        if self.memory is not None:
+            value = self.memory.get_digest(digest)
+            if value is not None:
+                self.last_hit = self.memory.name
+        if value is None and self.shared is not None:
+            value = self.shared.get_digest(digest)
+            if value is not None:
+                self.last_hit = self.shared.name
+                if self.memory is not None:
+                    self.memory.set_digest(digest, value)
+        self.elapsed += time.perf_counter() - t0
+        return value
+
+    def set(self, key: Key, value: bytes) -> None:
+        t0 = time.perf_counter()
+        digest = self.hasher.digest(key)
+        if self.memory is not None:
+            self.memory.set_digest(digest, value)
+        if self.shared is not None:
+            self.shared.set_digest(digest, value)
+        self.elapsed += time.perf_counter() - t0
+
+    def clear(self) -> None:
+        if self.memory is not None:
+            self.memory.clear()
+
+    def describe(self) -> str:
+        parts = []
+        if self.memory is not None:
+            parts.append("memory %.1f MB" % (self.memory.capacity / MEGABYTE))
+        if self.shared is not None:
+            parts.append("memcached %s (expiry %d s)" % (_describe(self.shared.servers),
+                                                          self.shared.expire))
+        return ", ".join(parts) or "none"
+
+
+def build_cache(settings: Settings) -> LayeredCache:
+    """The cache the settings ask for: MAX_IMAGE_CACHE_SIZE MB in memory (0 disables
+    it) and MEMCACHED_SERVERS (empty disables it).  Call it in the worker process."""
+    hasher = KeyHasher(settings)
+    capacity = int(settings.max_image_cache_size * MEGABYTE)
+    memory = MemoryCache(capacity, hasher) if capacity > 0 else None
+    servers = parse_servers(settings.memcached_servers)
+    shared = (MemcachedCache(servers, hasher, expire=settings.memcached_timeout)
+              if servers else None)
+    return LayeredCache(hasher, memory, shared)
