@@ -1,18 +1,31 @@
 """Tile throughput of iipy against the reference iipsrv 1.1, behind the same nginx.
 
-    .venv/bin/python bench/bench_tiles.py [--size 4096] [--procs 1] [--duration 8]
-                                          [--repeat 3] [--connections 4] [--mix v2]
+    .venv/bin/python bench/bench_tiles.py [--size 4096] [--channels 1] [--procs 1]
+                                          [--duration 8] [--repeat 3] [--connections 4]
+    .venv/bin/python bench/bench_tiles.py --suite     # the whole matrix, several minutes
 
-Writes a seeded float32 FITS image (sky, noise, stars) and the same pixels as a tiled
-pyramidal float32 TIFF (floor levels, 2x2 means, SMin/SMax = iipy's display range), so
-both servers compute the same tiles.  Starts iipy (``--procs`` workers) and iipsrv 1.1
-(``--procs`` processes, OMP_NUM_THREADS=1, no memcached, no tile cache) on loopback, one
-nginx in front of both (kept-alive FastCGI connections for iipy; new connections
-for iipsrv, which serves one connection at a time until it is closed), and replays the same shuffled list of distinct
-VisiOmatic 2 tile URLs against each with wrk, alternating servers, ``--repeat`` times.
-Servers are pinned to the first ``--procs`` CPUs and wrk to the last one when the machine
-has more CPUs than that.  Prints tiles/s, mean and p99 latency per run, the medians, and
-the ratio iipy/iipsrv.  Nothing here is a test: figures go in notes, not assertions.
+Writes a seeded float32 FITS image (sky, noise, stars; ``--channels`` > 1 gives a cube)
+and the same pixels as a tiled pyramidal float32 TIFF (floor levels, 2x2 means,
+SMin/SMax = iipy's display range), so both servers compute the same tiles.  Starts iipy
+(``--procs`` workers) and iipsrv 1.1 (``--procs`` processes, OMP_NUM_THREADS=1, no
+memcached, no tile cache) on loopback, and one nginx in front of both (kept-alive FastCGI
+connections for iipy; new connections for iipsrv, which serves one connection at a time
+until it is closed).  Servers are pinned to the first ``--procs`` CPUs and the load
+generator to the last one when the machine has more CPUs than that.
+
+* cold: both servers freshly started (iipy with an empty pyramid directory, so the
+  first low-resolution tile builds the pyramid), the first 400 requests of a browsing
+  session (zooming in from the smallest level) sent once each over ``--connections``
+  kept-alive HTTP connections;
+* warm: the same shuffled list of distinct VisiOmatic 2 tile URLs (default view,
+  MINMAX, CMP=jet, INV+CNT variants, all with ``GAM=0.4545&CTW=...``) replayed with wrk
+  against each server, alternating, ``--repeat`` times (medians).
+
+Prints tiles/s, mean and p99 latency and the ratio iipy/iipsrv per case, then, for the
+warm single-process case, the in-process cost of each stage per tile (parse, read,
+render, encode, other) and what remains for FastCGI and nginx.  ``--suite`` runs
+{16384x16384 image, 4096x4096x5 cube} x {1 process, one per CPU} x {cold, warm}.
+Nothing here is a test: figures go in notes, not assertions.
 
 Needs: nginx, wrk, iipimage-server (apt), tifffile (pip install -e .[test]).
 """
@@ -116,44 +129,60 @@ def wait_port(port: int, timeout: float = 60.0) -> None:
     raise SystemExit("bench: nothing listens on port %d" % port)
 
 
-def make_image(size: int, seed: int = 1) -> np.ndarray:
-    """FITS-order float32 sky: background, noise, a few hundred stars."""
-    rng = np.random.default_rng(seed)
-    img = rng.normal(100.0, 5.0, (size, size)).astype(np.float32)
-    n = max(50, size * size // 40000)
-    xs, ys = rng.integers(8, size - 8, n), rng.integers(8, size - 8, n)
-    flux = (rng.pareto(1.5, n) + 1) * 200
-    yy, xx = np.mgrid[-6:7, -6:7]
-    psf = np.exp(-(xx ** 2 + yy ** 2) / (2 * 1.6 ** 2)).astype(np.float32)
-    for x, y, f in zip(xs, ys, flux):
-        img[y - 6 : y + 7, x - 6 : x + 7] += f * psf
-    return img
+def ctw_for(channels: int) -> str:
+    """The CTW VisiOmatic 2 sends: ``1;1;1`` for one channel, else colour rows R, G, B
+    taking the first three channels."""
+    if channels == 1:
+        return "1;1;1"
+    return ";".join(",".join("1" if j == i else "0" for j in range(channels)) for i in range(3))
 
 
-def tile_paths(size: int, tile: int, fif: str, mix: str, seed: int = 2) -> list[str]:
-    """Distinct VisiOmatic 2 tile queries over every level, shuffled."""
-    levels = []
-    k = 0
-    while True:
-        w = h = size >> k
-        levels.append((w, h))
-        if w <= tile and h <= tile:
-            break
-        k += 1
-    nres = len(levels)
+def level_sizes(size: int, tile: int) -> list[int]:
+    """Level sizes, full resolution first (floor halving, down to one tile)."""
+    sizes = [size]
+    while sizes[-1] > tile:
+        sizes.append(sizes[-1] // 2)
+    return sizes
+
+
+def tile_paths(size: int, tile: int, fif: str, channels: int, seed: int = 2) -> list[str]:
+    """Distinct VisiOmatic 2 tile queries over every level and variant, shuffled."""
+    ctw = ctw_for(channels)
+    variants = ["GAM=0.4545&CTW=%s" % ctw, "MINMAX=1:90,400&GAM=0.4545&CTW=%s" % ctw,
+                "CMP=jet&GAM=0.4545&CTW=%s" % ctw, "INV&CNT=1.5&GAM=0.4545&CTW=%s" % ctw]
+    sizes = level_sizes(size, tile)
+    nres = len(sizes)
     paths = []
-    variants = ["GAM=0.4545&CTW=1;1;1"]
-    if mix == "v2":
-        variants += ["MINMAX=1:90,400&GAM=0.4545&CTW=1;1;1", "CMP=jet&GAM=0.4545&CTW=1;1;1",
-                     "INV&CNT=1.5&GAM=0.4545&CTW=1;1;1"]
     for variant in variants:
         for r in range(nres):
-            w, h = levels[nres - 1 - r]
-            ntiles = -(-w // tile) * -(-h // tile)
-            for n in range(ntiles):
-                paths.append("?FIF=%s&%s&JTL=%d,%d" % (fif, variant, r, n))
+            n = -(-sizes[nres - 1 - r] // tile)
+            paths += ["?FIF=%s&%s&JTL=%d,%d" % (fif, variant, r, i) for i in range(n * n)]
     random.Random(seed).shuffle(paths)
     return paths
+
+
+def browsing_paths(size: int, tile: int, fif: str, channels: int, count: int = 400,
+                   seed: int = 4) -> list[str]:
+    """A browsing session: the whole smallest level, then zooming in on random spots,
+    each view a 4x3 block of tiles, default view with VisiOmatic 2's parameters."""
+    rng = random.Random(seed)
+    sizes = level_sizes(size, tile)
+    nres = len(sizes)
+    prefix = "?FIF=%s&GAM=0.4545&CTW=%s" % (fif, ctw_for(channels))
+    paths, seen = [], set()
+    while len(paths) < count:
+        cx, cy = rng.random(), rng.random()
+        for r in range(nres):
+            n = -(-sizes[nres - 1 - r] // tile)
+            x0 = max(0, min(n - 4, int(cx * n) - 2))
+            y0 = max(0, min(n - 3, int(cy * n) - 1))
+            for y in range(y0, min(n, y0 + 3)):
+                for x in range(x0, min(n, x0 + 4)):
+                    q = "%s&JTL=%d,%d" % (prefix, r, x + n * y)
+                    if q not in seen:
+                        seen.add(q)
+                        paths.append(q)
+    return paths[:count]
 
 
 def run_wrk(url: str, paths_file: Path, lua: Path, duration: float, connections: int,
@@ -166,121 +195,274 @@ def run_wrk(url: str, paths_file: Path, lua: Path, duration: float, connections:
                           capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit("bench: wrk failed:\n" + proc.stdout + proc.stderr)
-    out = proc.stdout
-    m = re.search(r"BENCH (\d+) (\d+) ([\d.]+) ([\d.]+) (\d+)", out)
+    m = re.search(r"BENCH (\d+) (\d+) ([\d.]+) ([\d.]+) (\d+)", proc.stdout)
     if not m:
-        raise SystemExit("bench: cannot read wrk output:\n" + out)
+        raise SystemExit("bench: cannot read wrk output:\n" + proc.stdout)
     requests, micros = int(m.group(1)), int(m.group(2))
     return requests / (micros / 1e6), float(m.group(3)) / 1e3, float(m.group(4)) / 1e3, \
         int(m.group(5))
 
 
+def replay_once(port: int, location: str, paths: list[str], connections: int
+                ) -> tuple[float, float, float, int]:
+    """Each path once, over ``connections`` kept-alive HTTP connections."""
+    import http.client
+    import threading
+
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    todo = iter(paths)
+
+    def worker() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        while True:
+            with lock:
+                path = next(todo, None)
+            if path is None:
+                break
+            t = time.perf_counter()
+            conn.request("GET", "/%s%s" % (location, path))
+            response = conn.getresponse()
+            response.read()
+            dt = time.perf_counter() - t
+            with lock:
+                latencies.append(dt)
+                errors[0] += response.status != 200
+        conn.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(connections)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    latencies.sort()
+    return (len(latencies) / wall, 1e3 * statistics.fmean(latencies),
+            1e3 * latencies[int(0.99 * (len(latencies) - 1))], errors[0])
+
+
+class Servers:
+    """iipy and iipsrv 1.1 (``procs`` processes each) behind one nginx."""
+
+    def __init__(self, work: Path, procs: int, run: str):
+        self.work, self.procs = work, procs
+        self.run = work / run
+        self.run.mkdir()
+        self.children: list[subprocess.Popen] = []
+        ncpu = os.cpu_count() or 1
+        self.server_cpus = list(range(min(procs, ncpu)))
+        self.client_cpus = [ncpu - 1] if ncpu > procs else None
+        pin = ["taskset", "-c", ",".join(map(str, self.server_cpus))]
+        env = dict(os.environ, FILESYSTEM_PREFIX=str(work) + "/", VERBOSITY="0",
+                   LOGFILE=str(self.run / "server.log"), JPEG_QUALITY="90",
+                   MAX_IMAGE_CACHE_SIZE="0")
+        iipy_port = free_port()
+        exe = str(Path(sys.executable).with_name("iipsrv.fcgi"))
+        self._spawn(pin + [exe, "--bind", "127.0.0.1:%d" % iipy_port],
+                    dict(env, IIPY_WORKERS=str(procs), IIPY_CACHE_DIR=str(self.run / "pyr"),
+                         MEMCACHED_SERVERS=""))
+        iipsrv_ports = [free_port() for _ in range(procs)]
+        for port in iipsrv_ports:
+            self._spawn(pin + [IIPSRV, "--bind", "127.0.0.1:%d" % port],
+                        dict(env, OMP_NUM_THREADS="1", MEMCACHED_SERVERS="127.0.0.1:1"))
+        self.port = free_port()
+        conf = self.run / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(
+            work=self.run, port=self.port, iipy_servers="server 127.0.0.1:%d;" % iipy_port,
+            iipsrv_servers=" ".join("server 127.0.0.1:%d;" % p for p in iipsrv_ports)))
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        cmd = [nginx, "-c", str(conf), "-p", str(self.run)]
+        if os.geteuid() == 0:
+            cmd += ["-g", "user root;"]
+        self._spawn(cmd, None)
+        for port in [iipy_port, self.port] + iipsrv_ports:
+            wait_port(port)
+
+    def _spawn(self, cmd: list[str], env: dict | None) -> None:
+        self.children.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                                              start_new_session=True))
+
+    def close(self) -> None:
+        for p in self.children:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for p in self.children:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+def prepare(work: Path, size: int, channels: int) -> tuple[str, str]:
+    """Write the FITS image and the equivalent TIFF; return their names."""
+    from iipy.app import Application
+    from iipy.settings import Settings
+    from bench_stages import write_image
+
+    name = "img%d_%d" % (size, channels)
+    fits_path, tif_path = work / (name + ".fits"), work / (name + ".tif")
+    if not tif_path.exists():
+        t = time.perf_counter()
+        write_image(fits_path, size, channels)
+        app = Application(Settings.from_environ({
+            "FILESYSTEM_PREFIX": str(work) + "/", "IIPY_CACHE_DIR": str(work / "prep"),
+            "VERBOSITY": "0", "MEMCACHED_SERVERS": ""}))
+        body = app.handle({"QUERY_STRING": "FIF=%s&obj=min-max-sample-values"
+                           % fits_path.name}).body.decode()
+        values = [float(v) for v in body.split(":")[1].split()]
+        from astropy.io import fits
+        with fits.open(fits_path, memmap=True) as hdul:
+            data = hdul[0].data
+            write_pyramid_tiff(tif_path, np.ascontiguousarray(data[..., ::-1, :]), tile=256,
+                               smin=values[0::2], smax=values[1::2])
+        shutil.rmtree(work / "prep", ignore_errors=True)
+        print("bench: wrote %s and %s in %.0f s" % (fits_path.name, tif_path.name,
+                                                     time.perf_counter() - t))
+    return fits_path.name, tif_path.name
+
+
+def run_case(work: Path, size: int, channels: int, procs: int, args, lua: Path,
+             label: str) -> dict[str, dict[str, tuple[float, float, float, int]]]:
+    fits_name, tif_name = prepare(work, size, channels)
+    out: dict[str, dict[str, tuple[float, float, float, int]]] = {}
+    names = {"iipy": fits_name, "iipsrv": tif_name}
+    # cold: fresh servers, fresh pyramid directory, one browsing session each
+    servers = Servers(work, procs, "%s-cold-%d" % (label, time.monotonic_ns()))
+    try:
+        out["cold"] = {}
+        for name in ("iipy", "iipsrv"):
+            paths = browsing_paths(size, 256, names[name], channels)
+            out["cold"][name] = replay_once(servers.port, name, paths, args.connections)
+    finally:
+        servers.close()
+    # warm: distinct URLs replayed with wrk after a warm-up
+    servers = Servers(work, procs, "%s-warm-%d" % (label, time.monotonic_ns()))
+    try:
+        files = {}
+        for name in ("iipy", "iipsrv"):
+            pf = servers.run / ("paths-%s.txt" % name)
+            pf.write_text("".join("/%s%s\n" % (name, p)
+                                  for p in tile_paths(size, 256, names[name], channels)))
+            files[name] = pf
+            run_wrk("http://127.0.0.1:%d/%s" % (servers.port, name), pf, lua, 2,
+                    args.connections, servers.client_cpus)
+        runs: dict[str, list] = {"iipy": [], "iipsrv": []}
+        for _ in range(args.repeat):
+            for name in ("iipy", "iipsrv"):
+                runs[name].append(run_wrk("http://127.0.0.1:%d/%s" % (servers.port, name),
+                                          files[name], lua, args.duration, args.connections,
+                                          servers.client_cpus))
+        out["warm"] = {n: tuple(statistics.median(r[j] for r in runs[n]) for j in range(4))
+                       for n in runs}
+    finally:
+        servers.close()
+    return out
+
+
+def print_case(title: str, result) -> None:
+    for temp in ("cold", "warm"):
+        a, b = result[temp]["iipy"], result[temp]["iipsrv"]
+        print("%-34s %-4s iipy %7.1f t/s (mean %6.2f, p99 %6.2f ms)  iipsrv %7.1f t/s "
+              "(mean %6.2f, p99 %6.2f ms)  ratio %.2f%s"
+              % (title, temp, a[0], a[1], a[2], b[0], b[1], b[2], a[0] / b[0],
+                 "  ERRORS %d/%d" % (a[3], b[3]) if a[3] or b[3] else ""))
+
+
+def stage_costs(work: Path, size: int, channels: int) -> dict[str, float]:
+    """Mean in-process cost per tile of each stage (microseconds), warm pyramid."""
+    from iipy import commands, protocol
+    from iipy.app import Application
+    from iipy.commands import Context
+    from iipy.settings import Settings
+
+    fits_name, _ = prepare(work, size, channels)
+    settings = Settings.from_environ({"FILESYSTEM_PREFIX": str(work) + "/",
+                                      "IIPY_CACHE_DIR": str(work / "stages"), "VERBOSITY": "0",
+                                      "JPEG_QUALITY": "90", "MAX_IMAGE_CACHE_SIZE": "0",
+                                      "MEMCACHED_SERVERS": ""})
+    app = Application(settings)
+    qs = [p[1:] for p in tile_paths(size, 256, fits_name, channels)[:2000]]
+    for q in qs[:20]:
+        app.handle({"QUERY_STRING": q})
+    sums = dict(parse=0.0, read=0.0, render=0.0, encode=0.0, total=0.0)
+    for q in qs:
+        t0 = time.perf_counter()
+        request = protocol.parse(q)
+        t1 = time.perf_counter()
+        ctx = Context(settings, app.responder, app.store)
+        commands.run(request, ctx)
+        sums["total"] += time.perf_counter() - t0
+        sums["parse"] += t1 - t0
+        sums["read"] += ctx.timings.read
+        sums["render"] += ctx.timings.render
+        sums["encode"] += ctx.timings.encode
+    out = {k: 1e6 * v / len(qs) for k, v in sums.items()}
+    out["other"] = out["total"] - out["parse"] - out["read"] - out["render"] - out["encode"]
+    shutil.rmtree(work / "stages", ignore_errors=True)
+    return out
+
+
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=4096, help="image width and height")
+    ap.add_argument("--channels", type=int, default=1, help="planes (a cube if > 1)")
     ap.add_argument("--procs", type=int, default=1, help="worker processes of each server")
     ap.add_argument("--duration", type=float, default=8.0, help="seconds per wrk run")
     ap.add_argument("--repeat", type=int, default=3, help="runs per server (medians)")
     ap.add_argument("--connections", type=int, default=4, help="concurrent connections")
-    ap.add_argument("--mix", choices=["default", "v2"], default="v2",
-                    help="default view only, or VisiOmatic 2 variants (MINMAX, CMP, INV/CNT)")
-    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--suite", action="store_true", help="the whole matrix (see above)")
+    ap.add_argument("--dir", help="work directory, kept (images are reused)")
     args = ap.parse_args()
     for exe in ("nginx", "wrk"):
         if not shutil.which(exe) and not os.path.exists("/usr/sbin/" + exe):
             raise SystemExit("bench: %s is not installed (apt-get install %s)" % (exe, exe))
     if not os.path.exists(IIPSRV):
         raise SystemExit("bench: %s missing (apt-get install iipimage-server)" % IIPSRV)
+    sys.path.insert(0, str(ROOT / "bench"))
+    from iipy.kernels import ACCELERATED
 
-    work = Path(tempfile.mkdtemp(prefix="iipy-bench-"))
-    procs: list[subprocess.Popen] = []
+    work = Path(args.dir or tempfile.mkdtemp(prefix="iipy-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    lua = work / "replay.lua"
+    lua.write_text(WRK_LUA)
+    ncpu = os.cpu_count() or 1
+    if args.suite:
+        cases = [(16384, 1, 1), (16384, 1, ncpu), (4096, 5, 1), (4096, 5, ncpu)]
+    else:
+        cases = [(args.size, args.channels, args.procs)]
+    print("bench: kernels %s, %d CPU(s), %d connection(s), wrk runs of %g s, medians of %d"
+          % ("Cython" if ACCELERATED else "NumPy", ncpu, args.connections, args.duration,
+             args.repeat))
     try:
-        from astropy.io import fits
-        print("bench: writing %dx%d float32 FITS and TIFF in %s" % (args.size, args.size, work))
-        data = make_image(args.size)
-        fits.PrimaryHDU(data).writeto(work / "img.fits")
-        env_common = dict(os.environ, FILESYSTEM_PREFIX=str(work) + "/", VERBOSITY="0",
-                          LOGFILE=str(work / "server.log"), JPEG_QUALITY="90")
-        # iipy's display range goes into the TIFF, so both servers render the same tiles
-        sys.path.insert(0, str(ROOT))
-        from iipy.app import Application
-        from iipy.settings import Settings
-        app = Application(Settings.from_environ(dict(env_common, IIPY_CACHE_DIR=str(work / "c"))))
-        line = app.handle({"QUERY_STRING": "FIF=img.fits&obj=min-max-sample-values"}).body
-        lo, hi = (float(v) for v in line.decode().split(":")[1].split())
-        write_pyramid_tiff(work / "img.tif", data[::-1], tile=256, smin=lo, smax=hi)
-
-        ncpu = os.cpu_count() or 1
-        server_cpus = list(range(min(args.procs, ncpu)))
-        client_cpus = [ncpu - 1] if ncpu > args.procs else None
-        pin = ["taskset", "-c", ",".join(map(str, server_cpus))]
-
-        iipy_port = free_port()
-        exe = str(Path(sys.executable).with_name("iipsrv.fcgi"))
-        procs.append(subprocess.Popen(pin + [exe, "--bind", "127.0.0.1:%d" % iipy_port],
-                                      env=dict(env_common, IIPY_WORKERS=str(args.procs),
-                                               IIPY_CACHE_DIR=str(work / "c"),
-                                               MAX_IMAGE_CACHE_SIZE="0",
-                                               MEMCACHED_SERVERS=""),
-                                      start_new_session=True))
-        iipsrv_ports = [free_port() for _ in range(args.procs)]
-        for port in iipsrv_ports:
-            procs.append(subprocess.Popen(
-                pin + [IIPSRV, "--bind", "127.0.0.1:%d" % port],
-                env=dict(env_common, OMP_NUM_THREADS="1", MAX_IMAGE_CACHE_SIZE="0",
-                         MEMCACHED_SERVERS="127.0.0.1:1"), stdout=subprocess.DEVNULL,
-                start_new_session=True))
-        http_port = free_port()
-        (work / "nginx.conf").write_text(NGINX_CONF.format(
-            work=work, port=http_port,
-            iipy_servers="server 127.0.0.1:%d;" % iipy_port,
-            iipsrv_servers=" ".join("server 127.0.0.1:%d;" % p for p in iipsrv_ports)))
-        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-        procs.append(subprocess.Popen([nginx, "-c", str(work / "nginx.conf"), "-p", str(work)],
-                                      start_new_session=True))
-        for port in [iipy_port, http_port] + iipsrv_ports:
-            wait_port(port)
-
-        lua = work / "replay.lua"
-        lua.write_text(WRK_LUA)
-        results: dict[str, list[tuple[float, float, float, int]]] = {"iipy": [], "iipsrv": []}
-        for name, fif in (("iipy", "img.fits"), ("iipsrv", "img.tif")):
-            pf = work / ("paths-%s.txt" % name)
-            pf.write_text("".join("/%s%s\n" % (name, p)
-                                  for p in tile_paths(args.size, 256, fif, args.mix)))
-            # warm the pyramid (iipy) and the page cache (both), outside the measurement
-            run_wrk("http://127.0.0.1:%d/%s" % (http_port, name), pf, lua, 2,
-                    args.connections, client_cpus)
-        npaths = len(tile_paths(args.size, 256, "x", args.mix))
-        print("bench: %d distinct tile URLs, %d connection(s), %d process(es) per server, "
-              "server CPUs %s" % (npaths, args.connections, args.procs, server_cpus))
-        for i in range(args.repeat):
-            for name in ("iipy", "iipsrv"):
-                url = "http://127.0.0.1:%d/%s" % (http_port, name)
-                r = run_wrk(url, work / ("paths-%s.txt" % name), lua, args.duration,
-                            args.connections, client_cpus)
-                results[name].append(r)
-                print("  run %d %-7s %8.1f tiles/s  mean %6.2f ms  p99 %6.2f ms  errors %d"
-                      % (i + 1, name, r[0], r[1], r[2], r[3]))
-        med = {n: [statistics.median(v[j] for v in results[n]) for j in range(3)]
-               for n in results}
-        print("\nmedians over %d runs:" % args.repeat)
-        for n in ("iipy", "iipsrv"):
-            print("  %-7s %8.1f tiles/s  mean %6.2f ms  p99 %6.2f ms" % (n, *med[n]))
-        print("  ratio iipy/iipsrv (tiles/s): %.2f" % (med["iipy"][0] / med["iipsrv"][0]))
+        results = []
+        for size, channels, procs in cases:
+            title = "%dx%d%s, %d proc" % (size, size, "x%d" % channels if channels > 1 else "",
+                                         procs)
+            result = run_case(work, size, channels, procs, args, lua, "c%d" % len(results))
+            results.append((title, result))
+            print_case(title, result)
+        print("\nsummary (tiles/s; ratio iipy/iipsrv):")
+        for title, result in results:
+            print_case(title, result)
+        size, channels, _ = cases[0]
+        st = stage_costs(work, size, channels)
+        one = [r for (s, c, p), (_, r) in zip(cases, results) if p == 1][0]
+        per_tile = 1e6 / one["warm"]["iipy"][0]
+        print("\nstages per tile, %dx%d%s, in-process (microseconds): parse %.0f, read %.0f, "
+              "render %.0f, encode %.0f, other %.0f; total %.0f; FastCGI and nginx (1 proc, "
+              "from the warm throughput) %.0f"
+              % (size, size, "x%d" % channels if channels > 1 else "", st["parse"], st["read"],
+                 st["render"], st["encode"], st["other"], st["total"],
+                 max(0.0, per_tile - st["total"])))
         return 0
     finally:
-        for p in procs:
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        for p in procs:
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-        if not args.keep:
+        if not args.dir:
             shutil.rmtree(work, ignore_errors=True)
 
 

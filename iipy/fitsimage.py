@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -50,9 +51,26 @@ class Plane:
     bscale: float = 1.0
     bzero: float = 0.0
     blank: int | None = None
+    offset: int | None = None  # file offset of the plane's first sample (uncompressed)
 
     def window(self, top: int, h: int, x: int, w: int) -> np.ndarray:
         return self.raw[top : top + h, x : x + w]
+
+    def rows(self, fd: int, top: int, h: int, scratch: bytearray | None = None) -> np.ndarray:
+        """Whole rows [top, top + h) read with one ``pread`` (into ``scratch`` when it is
+        large enough): for long sequential reads (the pyramid build) this avoids a page
+        fault per page of the memory map."""
+        if self.offset is None:
+            return np.asarray(self.raw[top : top + h, :])
+        dtype, width = self.raw.dtype, self.raw.shape[1]
+        nbytes = h * width * dtype.itemsize
+        if scratch is None or len(scratch) < nbytes:
+            scratch = bytearray(nbytes)
+        view = memoryview(scratch)[:nbytes]
+        got = os.preadv(fd, [view], self.offset + top * width * dtype.itemsize)
+        if got != nbytes:
+            raise OSError("short read: %d of %d bytes" % (got, nbytes))
+        return np.frombuffer(view, dtype).reshape(h, width)
 
 
 class _SectionPlane:
@@ -88,10 +106,13 @@ def _planes_of(hdu, fif: str) -> list[Plane]:
     data = hdu.data
     if data is None:
         raise FileNotFound("No image data in '%s'" % fif)
+    start = hdu.fileinfo()["datLoc"] if hdu.fileinfo() else None
+    plane_bytes = data.shape[-1] * data.shape[-2] * data.dtype.itemsize
     if naxis == 2:
-        return [Plane(data, bscale, bzero, blank)]
+        return [Plane(data, bscale, bzero, blank, start)]
     cube = data[(0,) * (naxis - 3)]
-    return [Plane(cube[c], bscale, bzero, blank) for c in range(channels)]
+    return [Plane(cube[c], bscale, bzero, blank,
+                  None if start is None else start + c * plane_bytes) for c in range(channels)]
 
 
 class FitsImage:
@@ -151,6 +172,7 @@ class FitsImage:
         else:
             self.labels = channel_labels(hdr, self.channels)
         self._subject: str | None = None
+        self._fd: int | None = None
 
     # --- data ---------------------------------------------------------------------------
 
@@ -159,6 +181,18 @@ class FitsImage:
         """Full-resolution window (IIP coordinates) of one channel as float32 (h, w)."""
         plane = self._planes[channel]
         raw = plane.window(self.height - y - h, h, x, w)
+        return kernels.to_float32(raw, plane.bscale, plane.bzero, plane.blank, flip=True,
+                                  out=out)
+
+    def read_rows(self, channel: int, y: int, h: int, out: np.ndarray | None = None,
+                  scratch: bytearray | None = None) -> np.ndarray:
+        """Whole full-resolution rows [y, y + h) (IIP coordinates) of one channel as
+        float32 (h, W), read from the file rather than through the memory map; ``out``
+        and ``scratch`` let a long sequence of reads reuse its buffers."""
+        plane = self._planes[channel]
+        if self._fd is None:
+            self._fd = os.open(self.ref.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        raw = plane.rows(self._fd, self.height - y - h, h, scratch)
         return kernels.to_float32(raw, plane.bscale, plane.bzero, plane.blank, flip=True,
                                   out=out)
 
@@ -191,6 +225,10 @@ class FitsImage:
         return self._subject
 
     def close(self) -> None:
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            os.close(fd)
+            self._fd = None
         hdul = getattr(self, "_hdul", None)
         if hdul is not None:
             try:

@@ -40,7 +40,7 @@ FORMAT_VERSION = 1
 BAND_BYTES = 32 << 20
 #: Full-resolution rows sampled for the display range.
 STAT_ROWS = 512
-STAT_COLS = 4096
+STAT_COLS = 2048
 
 
 class Pyramid:
@@ -164,17 +164,21 @@ class Pyramid:
         if nlevels == 0:
             for c in range(image.channels):
                 for y in range(0, image.height, step_y):
-                    samples[c].append(image.read(c, 0, y, image.width, 1)[0, ::step_x])
+                    samples[c].append(image.read_rows(c, y, 1)[0, ::step_x])
         for k in range(1, nlevels + 1):
             out, tmp = self._allocate(k, in_memory, directory)
             _, out_h, out_w = out.shape
             src_w = image.width if k == 1 else levels[-1].shape[2]
             band = max(1, BAND_BYTES // (8 * max(src_w, 1)))
+            if k == 1:  # buffers reused by every band: no page faults after the first
+                band_out = np.empty((2 * min(band, out_h), image.width), np.float32)
+                scratch = bytearray(band_out.nbytes * 2)  # raw samples: up to 8 bytes each
             for c in range(image.channels):
                 for y0 in range(0, out_h, band):
                     y1 = min(out_h, y0 + band)
                     if k == 1:
-                        rows = image.read(c, 0, 2 * y0, image.width, 2 * (y1 - y0))
+                        rows = image.read_rows(c, 2 * y0, 2 * (y1 - y0),
+                                               out=band_out[: 2 * (y1 - y0)], scratch=scratch)
                         # display-range samples: the rows of this band on the sampling grid
                         first = (-(2 * y0)) % step_y
                         for r in range(first, rows.shape[0], step_y):
@@ -188,12 +192,15 @@ class Pyramid:
                 if k == 1 and 2 * out_h < image.height:  # rows dropped by floor halving
                     for y in range(2 * out_h, image.height):
                         if y % step_y == 0:
-                            samples[c].append(image.read(c, 0, y, image.width, 1)[0, ::step_x])
+                            samples[c].append(image.read_rows(c, y, 1)[0, ::step_x])
             if tmp is not None:
-                out.flush()
+                # no msync: every worker maps the same page-cache pages, and the rename
+                # (then meta.json, written last) is what publishes the level
+                shape = out.shape
+                del out
                 final = os.path.join(directory, "level%d.f32" % k)
                 os.replace(tmp, final)
-                out = np.memmap(final, np.float32, mode="r", shape=out.shape)
+                out = np.memmap(final, np.float32, mode="r", shape=shape)
             levels.append(out)
         self.levels = levels
         self.ranges = [robust_range(np.concatenate(s)) for s in samples]

@@ -77,6 +77,7 @@ def test_second_open_reads_no_fits_data(image, monkeypatch):
         raise AssertionError("the FITS data was read again")
 
     monkeypatch.setattr(p.image, "read", no_read)
+    monkeypatch.setattr(p.image, "read_rows", no_read)
     p.ensure()
     assert p.levels[2].shape == (1, 132, 122)
     assert p.ranges[0].lo < 100 < p.ranges[0].hi
@@ -155,12 +156,12 @@ def test_build_memory_is_banded(image, monkeypatch):
     monkeypatch.setattr(pyramid_module, "BAND_BYTES", 983 * 8 * 16)  # 16 output rows
     p = open_pyramid(settings)
     heights = []
-    original = p.image.read
+    original = p.image.read_rows
 
-    def spy(channel, x, y, w, h, out=None):
+    def spy(channel, y, h, **buffers):
         heights.append(h)
-        return original(channel, x, y, w, h, out=out)
+        return original(channel, y, h, **buffers)
 
-    p.image.read = spy  # type: ignore[method-assign]
+    p.image.read_rows = spy  # type: ignore[method-assign]
     p.ensure()
     assert max(heights) <= 32
