@@ -2,9 +2,12 @@
 # examples/demo.sh.  Idempotent: a second run only checks.
 #
 #  - system packages (apt-get, as root or through sudo): the web servers and tools the
-#    end-to-end tests and the demo run for real, and the reference iipsrv 1.1;
+#    end-to-end tests and the demo run for real, the reference iipsrv 1.1, Chromium for
+#    the browser tests, and Node.js with npm (if no node 18 or later is installed);
 #  - a virtual environment in .venv with iipy installed in editable mode (this builds
-#    the Cython extension) and the test requirements.
+#    the Cython extension) and the test requirements;
+#  - the npm packages of the browser tests (playwright-core, Leaflet) in
+#    tests/e2e/browser/node_modules, from its package-lock.json (npm ci).
 set -euo pipefail
 
 IIPY_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -12,7 +15,18 @@ export IIPY_ROOT
 VENV="$IIPY_ROOT/.venv"
 
 APT_PACKAGES=(python3-venv python3-dev gcc nginx spawn-fcgi memcached apache2
-              libapache2-mod-fcgid lighttpd iipimage-server wrk)
+              libapache2-mod-fcgid lighttpd iipimage-server wrk chromium)
+#: Installed only when no Node.js 18 or later with npm is found (it may come from elsewhere).
+NODE_PACKAGES=(nodejs npm)
+BROWSER_DIR="$IIPY_ROOT/tests/e2e/browser"
+
+node_ok() {
+    command -v npm >/dev/null 2>&1 || return 1
+    local major
+    major=$(node -e 'process.stdout.write(process.versions.node.split(".")[0])' 2>/dev/null) \
+        || return 1
+    [ "${major:-0}" -ge 18 ]
+}
 
 missing_packages() {
     local p
@@ -20,6 +34,7 @@ missing_packages() {
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" \
             || echo "$p"
     done
+    node_ok || echo "${NODE_PACKAGES[@]}"
 }
 
 install_system_packages() {
@@ -57,5 +72,15 @@ install_python() {
     fi
 }
 
+install_browser_packages() {
+    local stamp="$BROWSER_DIR/node_modules/.iipy-installed"
+    if [ ! -f "$stamp" ] || [ "$BROWSER_DIR/package-lock.json" -nt "$stamp" ]; then
+        echo "bootstrap: installing the browser-test packages (npm ci in $BROWSER_DIR)"
+        (cd "$BROWSER_DIR" && npm ci --no-audit --no-fund --loglevel=error) </dev/null
+        touch "$stamp"
+    fi
+}
+
 install_system_packages
 install_python
+install_browser_packages

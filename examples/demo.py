@@ -1,4 +1,4 @@
-"""Serve the example FITS files with iipy behind nginx (see examples/demo.sh).
+"""Serve the example FITS files with iipy behind nginx (``bash examples/demo.sh --nginx``).
 
 Writes examples/data/ (if missing), starts ``iipsrv.fcgi --bind`` on a free loopback port
 and nginx from conf/nginx.conf.in in front of it, prints the URLs and waits; Ctrl-C (or

@@ -1,6 +1,7 @@
 """``iipy``: the command for people.
 
   iipy --version
+  iipy serve PATH...           look at FITS files or folders in a browser (no web server needed)
   iipy info FILE.fits[EXT]     what the server reports for a file (OBJ answers, header)
   iipy settings [--rst]        every setting, its effective value (or the README table)
 """
@@ -59,10 +60,25 @@ def cmd_settings(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from . import serve
+
+    return serve.main(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="iipy", description="IIP image server for FITS files")
     parser.add_argument("--version", action="version", version="iipy " + __version__)
     sub = parser.add_subparsers(dest="command")
+    from .serve import add_arguments as serve_arguments
+
+    p = sub.add_parser("serve", help="serve FITS files or folders with a viewer page on "
+                       "127.0.0.1 (no web server needed)",
+                       description="Serve the given FITS files and folders (only those) "
+                       "on 127.0.0.1 with a built-in HTTP front end and a viewer page; "
+                       "prints the URL. Ctrl-C stops it.")
+    serve_arguments(p)
+    p.set_defaults(func=cmd_serve)
     p = sub.add_parser("info", help="show what the server reports for a FITS file")
     p.add_argument("file", help="FITS file, optionally with an extension selector: f.fits[2]")
     p.add_argument("--header", action="store_true", help="also print the header sent as subject")

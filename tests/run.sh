@@ -4,4 +4,5 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../conf/bootstrap.sh"
 cd "$IIPY_ROOT"
-exec "$VENV/bin/python" -m pytest -q -rs "$@" tests
+# Without a path, pytest runs its testpaths (pyproject.toml): every tier under tests/.
+exec "$VENV/bin/python" -m pytest -q -rs "$@"
