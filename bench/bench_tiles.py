@@ -13,8 +13,8 @@ connections for iipy; new connections for iipsrv, which serves one connection at
 until it is closed).  Servers are pinned to the first ``--procs`` CPUs and the load
 generator to the last one when the machine has more CPUs than that.
 
-* cold: both servers freshly started (iipy with an empty pyramid directory, so the
-  first low-resolution tile builds the pyramid), the first 400 requests of a browsing
+* cold: both servers freshly started and answering (iipy with an empty pyramid
+  directory, so the first low-resolution tile builds the pyramid), the first 400 requests of a browsing
   session (zooming in from the smallest level) sent once each over ``--connections``
   kept-alive HTTP connections;
 * warm: the same shuffled list of distinct VisiOmatic 2 tile URLs (default view,
@@ -169,6 +169,7 @@ def browsing_paths(size: int, tile: int, fif: str, channels: int, count: int = 4
     sizes = level_sizes(size, tile)
     nres = len(sizes)
     prefix = "?FIF=%s&GAM=0.4545&CTW=%s" % (fif, ctw_for(channels))
+    count = min(count, sum((-(-s // tile)) ** 2 for s in sizes))  # distinct tiles only
     paths, seen = [], set()
     while len(paths) < count:
         cx, cy = rng.random(), rng.random()
@@ -279,6 +280,10 @@ class Servers:
         self._spawn(cmd, None)
         for port in [iipy_port, self.port] + iipsrv_ports:
             wait_port(port)
+        # "cold" means a fresh image, not processes still starting: wait until every
+        # worker answers (the listening socket is open before the workers are forked)
+        for location in ("iipy", "iipsrv"):
+            replay_once(self.port, location, ["?obj=IIP,1.0"] * (8 * procs), 2 * procs)
 
     def _spawn(self, cmd: list[str], env: dict | None) -> None:
         self.children.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
