@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import re
 import shutil
 import signal
 import socket
@@ -39,7 +38,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
@@ -48,6 +46,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_tiles import free_port, run_wrk, wait_port  # noqa: E402
 from tests.e2e._tiff import write_pyramid_tiff  # noqa: E402
 
 IIPSRV = "/usr/lib/iipimage-server/iipsrv.fcgi"
@@ -102,23 +103,6 @@ end
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit("bench: nothing listens on port %d" % port)
-
-
 def make_image(size: int, seed: int = 1) -> np.ndarray:
     """FITS-order float32 sky: background, noise, a few hundred stars."""
     rng = np.random.default_rng(seed)
@@ -153,23 +137,6 @@ def tile_paths(size: int, tile: int, fif: str, seed: int = 2) -> list[str]:
                 paths.append("?FIF=%s&%s&JTL=%d,%d" % (fif, variant, r, t))
     random.Random(seed).shuffle(paths)
     return paths
-
-
-def run_wrk(url: str, paths_file: Path, lua: Path, duration: float, connections: int,
-            cpu: list[int] | None) -> tuple[float, float, float, int]:
-    """(requests/s, mean ms, p99 ms, errors) of one wrk run."""
-    cmd = ["wrk", "-t1", "-c%d" % connections, "-d%ds" % duration, "--timeout", "10s",
-           "-s", str(lua), url]
-    if cpu:
-        cmd = ["taskset", "-c", ",".join(map(str, cpu))] + cmd
-    proc = subprocess.run(cmd, env=dict(os.environ, BENCH_PATHS=str(paths_file)),
-                          capture_output=True, text=True)
-    m = re.search(r"BENCH (\d+) (\d+) ([\d.]+) ([\d.]+) (\d+)", proc.stdout)
-    if proc.returncode != 0 or not m:
-        raise SystemExit("bench: wrk failed:\n" + proc.stdout + proc.stderr)
-    requests, micros = int(m.group(1)), int(m.group(2))
-    return (requests / (micros / 1e6), float(m.group(3)) / 1e3, float(m.group(4)) / 1e3,
-            int(m.group(5)))
 
 
 Result = tuple[float, float, float, int]  # tiles/s, mean ms, p99 ms, errors

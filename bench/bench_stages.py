@@ -20,7 +20,6 @@ this (its per-tile time minus the total here).  Figures, not assertions.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import resource
 import shutil

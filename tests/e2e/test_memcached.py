@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import HOST, http_get, wait_for_port
+from tests.e2e.conftest import http_get, wait_for_port
 
 pytestmark = pytest.mark.e2e
 

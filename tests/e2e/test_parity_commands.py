@@ -20,7 +20,6 @@ few DN; tiles and unresampled exports within JPEG noise.
 from __future__ import annotations
 
 import io
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
