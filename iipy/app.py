@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Callable
 
 from . import commands, protocol
 from .cache import build_cache
@@ -30,9 +31,16 @@ class Application:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.responder = Responder(settings)
-        self.store = ImageStore(settings)
+        #: Set by the FastCGI worker: called during long work (pyramid builds), so the
+        #: supervisor does not take a busy worker for a hung one.
+        self.heartbeat: Callable[[], None] | None = None
+        self.store = ImageStore(settings, progress=self._progress)
         self.cache = build_cache(settings)
         log.debug("response cache: %s", self.cache.describe())
+
+    def _progress(self, what: str, fraction: float) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat()
 
     def __call__(self, params: dict[str, str]) -> bytes:
         return self.handle(params).to_bytes()

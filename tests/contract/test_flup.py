@@ -452,3 +452,30 @@ def test_iipy_connection_closes_on_malformed_params(caplog):
     out, ctx = _serve_pair(lambda p: b"unused", data)
     assert out == b"" and ctx.requests == 0
     assert "invalid FastCGI data" in caplog.text
+
+
+def test_worker_gives_the_handler_its_heartbeat():
+    """A handler with a ``heartbeat`` attribute set to None (iipy's Application) gets the
+    worker's heartbeat before the worker reports ready."""
+    from iipy import fcgi
+
+    class Handler:
+        heartbeat = None
+
+        def __call__(self, params):
+            return b""
+
+    class Ready(Exception):
+        pass
+
+    class Ctx:
+        def notify(self):
+            pass
+
+        def ready(self):
+            raise Ready
+
+    handler, ctx = Handler(), Ctx()
+    with pytest.raises(Ready):
+        fcgi._worker_job(lambda: handler, None, None, ctx)
+    assert handler.heartbeat == ctx.notify

@@ -165,3 +165,16 @@ def test_build_memory_is_banded(image, monkeypatch):
     p.image.read_rows = spy  # type: ignore[method-assign]
     p.ensure()
     assert max(heights) <= 32
+
+
+def test_pyramid_build_beats_the_worker_heartbeat(image):
+    """A long build inside one request keeps the worker's heartbeat going (the FastCGI
+    worker sets Application.heartbeat), so it is not killed as hung."""
+    from iipy.app import Application
+
+    _, _, settings = image
+    app = Application(settings.replace(memcached_servers="", verbosity=0))
+    beats = []
+    app.heartbeat = lambda: beats.append(1)
+    assert app.handle({"QUERY_STRING": "FIF=img.fits&JTL=0,0"}).status == 200
+    assert len(beats) >= 3  # one per band of every level
