@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import stat as stat_module
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Generic, TypeVar
@@ -92,8 +93,8 @@ def split_selector(path: str) -> tuple[str, str]:
 def _root(prefix: str) -> str:
     """The directory every served file must stay in."""
     if prefix.endswith("/"):
-        return os.path.realpath(prefix)
-    return os.path.realpath(os.path.dirname(prefix) or ".")
+        return _realpath(prefix)
+    return _realpath(os.path.dirname(prefix) or ".")
 
 
 def _inside(real: str, settings: Settings) -> bool:
@@ -101,6 +102,24 @@ def _inside(real: str, settings: Settings) -> bool:
         return True
     root = _root(settings.filesystem_prefix)
     return real == root or real.startswith(root.rstrip("/") + "/")
+
+
+#: Seconds a resolved real path is reused (it costs an lstat per path component; the
+#: file itself is still stat()ed on every request, so changes to it are seen at once).
+REALPATH_TTL = 2.0
+_realpaths: dict[str, tuple[float, str]] = {}
+
+
+def _realpath(path: str) -> str:
+    now = time.monotonic()
+    hit = _realpaths.get(path)
+    if hit is not None and now - hit[0] < REALPATH_TTL:
+        return hit[1]
+    if len(_realpaths) >= 4096:
+        _realpaths.clear()
+    real = os.path.realpath(path)
+    _realpaths[path] = (now, real)
+    return real
 
 
 def resolve(fif: str, settings: Settings) -> ImageRef:
@@ -113,7 +132,7 @@ def resolve(fif: str, settings: Settings) -> ImageRef:
     )
     if "\x00" in full:
         raise missing
-    real = os.path.realpath(full)
+    real = _realpath(full)
     if not _inside(real, settings):
         log.warning("refused FIF %r: resolves outside FILESYSTEM_PREFIX", fif)
         raise missing
