@@ -129,7 +129,30 @@ class KeyHasher:
 # ---- in-process LRU -----------------------------------------------------------------
 
 
-class MemoryCache:
+class _DigestCache:
+    """``get``/``set`` by key tuple, on top of a subclass's ``get_digest``/``set_digest``
+    (the hashed key); ``last_hit`` names the layer that answered the last ``get``."""
+
+    name = ""
+    hasher: "KeyHasher"
+    last_hit: str | None = None
+
+    def get_digest(self, digest: str) -> bytes | None:
+        raise NotImplementedError
+
+    def set_digest(self, digest: str, value: bytes) -> None:
+        raise NotImplementedError
+
+    def get(self, key: Key) -> bytes | None:
+        value = self.get_digest(self.hasher.digest(key))
+        self.last_hit = self.name if value is not None else None
+        return value
+
+    def set(self, key: Key, value: bytes) -> None:
+        self.set_digest(self.hasher.digest(key), value)
+
+
+class MemoryCache(_DigestCache):
     """Least-recently-used responses of one process, bounded in bytes.
 
     ``capacity`` counts the values' bytes; a value larger than the whole capacity is
@@ -147,14 +170,6 @@ class MemoryCache:
 
     def __len__(self) -> int:
         return len(self._items)
-
-    def get(self, key: Key) -> bytes | None:
-        value = self.get_digest(self.hasher.digest(key))
-        self.last_hit = self.name if value is not None else None
-        return value
-
-    def set(self, key: Key, value: bytes) -> None:
-        self.set_digest(self.hasher.digest(key), value)
 
     def get_digest(self, digest: str) -> bytes | None:
         value = self._items.get(digest)
@@ -222,7 +237,7 @@ def _describe(servers: list[tuple[str, int] | str]) -> str:
     return ",".join(s if isinstance(s, str) else "%s:%d" % s for s in servers)
 
 
-class MemcachedCache:
+class MemcachedCache(_DigestCache):
     """Responses shared through one or more memcached servers; fails open.
 
     Keys are spread over the servers by pymemcache's ``HashClient`` (rendezvous
@@ -291,14 +306,6 @@ class MemcachedCache:
             self._client = self._client_factory()
             self._pid = pid
         return self._client
-
-    def get(self, key: Key) -> bytes | None:
-        value = self.get_digest(self.hasher.digest(key))
-        self.last_hit = self.name if value is not None else None
-        return value
-
-    def set(self, key: Key, value: bytes) -> None:
-        self.set_digest(self.hasher.digest(key), value)
 
     def get_digest(self, digest: str) -> bytes | None:
         try:
