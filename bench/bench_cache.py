@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_tiles import free_port, run_wrk, wait_port  # noqa: E402
+from bench_tiles import WRK_LUA, free_port, run_wrk, wait_port  # noqa: E402
 from tests.e2e._tiff import write_pyramid_tiff  # noqa: E402
 
 IIPSRV = "/usr/lib/iipimage-server/iipsrv.fcgi"
@@ -84,24 +84,6 @@ http {{
     }}
 }}
 """
-
-#: wrk script: replay the URLs of the file named by BENCH_PATHS, round robin.
-WRK_LUA = """
-local paths = {}
-for line in io.lines(os.getenv("BENCH_PATHS")) do paths[#paths + 1] = line end
-local counter = 0
-function request()
-    counter = counter + 1
-    return wrk.format("GET", paths[counter % #paths + 1])
-end
-done = function(summary, latency, requests)
-    io.write(string.format("BENCH %d %d %.1f %.1f %d\\n", summary.requests,
-        summary.duration, latency.mean, latency:percentile(99),
-        summary.errors.status + summary.errors.connect + summary.errors.read
-        + summary.errors.timeout))
-end
-"""
-
 
 def make_image(size: int, seed: int = 1) -> np.ndarray:
     """FITS-order float32 sky: background, noise, a few hundred stars."""
