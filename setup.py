@@ -2,7 +2,7 @@
 
 import numpy
 from Cython.Build import cythonize
-from setuptools import Extension, setup
+from setuptools import Extension, find_packages, setup
 
 extensions = [
     Extension(
@@ -21,8 +21,8 @@ setup(
     long_description=open("README.rst", encoding="utf-8").read(),
     long_description_content_type="text/x-rst",
     license="GPL-3.0-or-later",
-    packages=["iipy"],
-    package_data={"iipy": ["static/*"]},
+    packages=find_packages(include=["iipy", "iipy.*"]),
+    package_data={"iipy.viewer": ["static/*"]},
     python_requires=">=3.11",
     install_requires=[
         "flup==1.0.3",

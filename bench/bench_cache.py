@@ -177,7 +177,7 @@ class Bench:
     def prepare_images(self) -> None:
         from astropy.io import fits
 
-        from iipy.app import Application
+        from iipy.protocols.router import Application
         from iipy.settings import Settings
 
         size = self.args.size

@@ -3,7 +3,7 @@
 Usage: python bench/bench_kernels.py [--repeat N] [--number M] [--timer wall|cpu]
 
 Each case prints the best time per call (best of N repeats of M calls), in milliseconds, for the
-compiled kernel (iipy.kernels.<name>) and the twin (iipy.kernels.reference.<name>), and the
+compiled kernel (iipy.imaging.kernels.<name>) and the twin (iipy.imaging.kernels.reference.<name>), and the
 target from the kernel specification. ``--timer cpu`` measures the thread's CPU time instead of
 wall time, which is steadier on a loaded machine (time spent descheduled is not counted).
 """
@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 
 try:
-    from iipy import kernels
+    from iipy.imaging import kernels
 except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from iipy import kernels
+    from iipy.imaging import kernels
 
 
 def _best_ms(fn: Callable[[], Any], repeat: int, number: int,

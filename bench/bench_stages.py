@@ -74,7 +74,7 @@ def write_image(path: Path, size: int, channels: int) -> None:
 
 
 def queries(fif: str, size: int, channels: int, count: int) -> list[str]:
-    from iipy.geometry import Grid
+    from iipy.imaging.geometry import Grid
 
     grid = Grid(size, size, 256, 256)
     nres = grid.num_resolutions
@@ -103,10 +103,11 @@ def main() -> int:
     ap.add_argument("--dir", help="work directory (default: a new temporary one)")
     args = ap.parse_args()
 
-    from iipy import commands, protocol
-    from iipy.app import Application
-    from iipy.commands import Context
-    from iipy.kernels import ACCELERATED
+    from iipy.protocols.iip import commands
+    from iipy.protocols.iip import parser
+    from iipy.protocols.router import Application
+    from iipy.protocols.iip.commands import Context
+    from iipy.imaging.kernels import ACCELERATED
     from iipy.settings import Settings
 
     work = Path(args.dir or tempfile.mkdtemp(prefix="iipy-stages-"))
@@ -146,7 +147,7 @@ def main() -> int:
         app.handle({"QUERY_STRING": q})
     for q in qs:
         t0 = time.perf_counter()
-        request = protocol.parse(q)
+        request = parser.parse(q)
         t1 = time.perf_counter()
         ctx = Context(settings, app.responder, app.store)
         response = commands.run(request, ctx)

@@ -305,7 +305,7 @@ class Servers:
 
 def prepare(work: Path, size: int, channels: int) -> tuple[str, str]:
     """Write the FITS image and the equivalent TIFF; return their names."""
-    from iipy.app import Application
+    from iipy.protocols.router import Application
     from iipy.settings import Settings
     from bench_stages import write_image
 
@@ -380,9 +380,10 @@ def print_case(title: str, result) -> None:
 
 def stage_costs(work: Path, size: int, channels: int) -> dict[str, float]:
     """Mean in-process cost per tile of each stage (microseconds), warm pyramid."""
-    from iipy import commands, protocol
-    from iipy.app import Application
-    from iipy.commands import Context
+    from iipy.protocols.iip import commands
+    from iipy.protocols.iip import parser
+    from iipy.protocols.router import Application
+    from iipy.protocols.iip.commands import Context
     from iipy.settings import Settings
 
     fits_name, _ = prepare(work, size, channels)
@@ -397,7 +398,7 @@ def stage_costs(work: Path, size: int, channels: int) -> dict[str, float]:
     sums = dict(parse=0.0, read=0.0, render=0.0, encode=0.0, total=0.0)
     for q in qs:
         t0 = time.perf_counter()
-        request = protocol.parse(q)
+        request = parser.parse(q)
         t1 = time.perf_counter()
         ctx = Context(settings, app.responder, app.store)
         commands.run(request, ctx)
@@ -430,7 +431,7 @@ def main() -> int:
     if not os.path.exists(IIPSRV):
         raise SystemExit("bench: %s missing (apt-get install iipimage-server)" % IIPSRV)
     sys.path.insert(0, str(ROOT / "bench"))
-    from iipy.kernels import ACCELERATED
+    from iipy.imaging.kernels import ACCELERATED
 
     work = Path(args.dir or tempfile.mkdtemp(prefix="iipy-bench-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -11,16 +11,18 @@ import sys
 
 
 def fcgi_main(argv: list[str] | None = None) -> None:
-    from . import __version__, logconfig
-    from .settings import Settings
+    from iipy import __version__
+    from iipy.server import logsetup
+    from iipy.settings import Settings
 
     argv = list(sys.argv if argv is None else argv)
     settings = Settings.from_environ()
-    logconfig.configure(settings)
-    log = logging.getLogger(logconfig.STARTUP)
+    logsetup.configure(settings)
+    log = logging.getLogger(logsetup.STARTUP)
 
     # Import the heavy modules before forking, so that the workers share their pages.
-    from . import app, fcgi
+    from iipy.protocols import router
+    from iipy.server import fcgi
 
     sock, where = fcgi.listener_from_argv(argv, settings)
     log.info("iipy %s starting: %s, %d workers", __version__, where, settings.workers)
@@ -28,7 +30,7 @@ def fcgi_main(argv: list[str] | None = None) -> None:
         log.info("  %s = %r", name, value)
     if not settings.filesystem_prefix:
         log.info("  FILESYSTEM_PREFIX is empty: any path this user can read can be served")
-    fcgi.serve(lambda: app.Application(settings), settings, sock)
+    fcgi.serve(lambda: router.Application(settings), settings, sock)
 
 
 if __name__ == "__main__":

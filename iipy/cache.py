@@ -1,6 +1,6 @@
 """Caches of finished responses: per worker in memory, shared through memcached.
 
-Every cache here implements the ``TileCache`` protocol of :mod:`iipy.commands`:
+Every cache here implements the ``TileCache`` protocol of :mod:`iipy.protocols.iip.commands`:
 ``get(key) -> bytes | None`` and ``set(key, value)``, where ``key`` is a tuple of plain
 values (str, int, float, bool, None, nested tuples) that ``commands`` builds from the
 *normalised* request (the output command and its arguments, the image identity
@@ -39,8 +39,8 @@ import time
 from collections import OrderedDict
 from typing import Any, Callable
 
-from . import __version__
-from .settings import Settings
+from iipy import __version__
+from iipy.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,9 @@ def _code_digest() -> str:
     h = hashlib.blake2b(digest_size=8)
     package = os.path.dirname(os.path.abspath(__file__))
     try:
-        names = sorted(n for n in os.listdir(package) if n.endswith((".py", ".so", ".pyd")))
+        names = sorted(os.path.relpath(os.path.join(d, n), package)
+                       for d, _, files in os.walk(package) for n in files
+                       if n.endswith((".py", ".so", ".pyd")))
         for name in names:
             with open(os.path.join(package, name), "rb") as f:
                 h.update(name.encode("utf-8", "surrogateescape") + b"\0" + f.read())

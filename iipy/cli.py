@@ -12,16 +12,16 @@ import argparse
 import os
 import sys
 
-from . import __version__
+from iipy import __version__
 
 METADATA_OBJECTS = ("IIP,1.0", "max-size", "tile-size", "resolution-number",
                     "bits-per-channel", "min-max-sample-values", "resolutions")
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .app import Application
-    from .images import resolve, split_selector
-    from .settings import Settings
+    from iipy.protocols.router import Application
+    from iipy.imaging.paths import resolve, split_selector
+    from iipy.settings import Settings
 
     name, selector = split_selector(args.file)
     path = os.path.abspath(name)
@@ -50,7 +50,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_settings(args: argparse.Namespace) -> int:
-    from .settings import Settings, settings_table_rst
+    from iipy.settings import Settings, settings_table_rst
 
     if args.rst:
         print(settings_table_rst())
@@ -61,7 +61,7 @@ def cmd_settings(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from . import serve
+    from iipy.viewer import serve
 
     return serve.main(args)
 
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="iipy", description="IIP image server for FITS files")
     parser.add_argument("--version", action="version", version="iipy " + __version__)
     sub = parser.add_subparsers(dest="command")
-    from .serve import add_arguments as serve_arguments
+    from iipy.viewer.serve import add_arguments as serve_arguments
 
     p = sub.add_parser("serve", help="serve FITS files or folders with a viewer page on "
                        "127.0.0.1 (no web server needed)",

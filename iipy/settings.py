@@ -224,7 +224,7 @@ class Settings:
                 value = s.default() if callable(s.default) else s.default
             values[s.field] = value
         if values["server_token"] == "iipy/%s":
-            from . import __version__
+            from iipy import __version__
 
             values["server_token"] = "iipy/" + __version__
         return cls(**values)

@@ -1,6 +1,6 @@
 """The flup 1.0.3 behaviours iipy relies on or works around (style.md §1.2).
 
-iipy.fcgi uses flup only for the FastCGI record layer: ``Record.read``,
+iipy.server.fcgi uses flup only for the FastCGI record layer: ``Record.read``,
 ``decode_pair``, and ``Connection``'s record bookkeeping, with our own reading,
 writing and request running.  Each test pins one of those facts, so that a flup
 upgrade that changes one fails here rather than in production.  The last section
@@ -16,7 +16,7 @@ import struct
 import pytest
 from flup.server import fcgi_base as flup
 
-from iipy import fcgi
+from iipy.server import fcgi
 from tests import fcgiclient as fc
 
 END_REQUEST_COMPLETE = b"\x01\x03\x00\x01\x00\x08\x00\x00" + b"\x00" * 8
@@ -220,7 +220,7 @@ def test_begin_request_records_id_role_flags_and_builds_request_via_server():
 
 def test_params_are_decoded_record_by_record_so_split_pairs_break():
     """Worked around: flup decodes each FCGI_PARAMS record on its own, so a pair that
-    spans two records (any value over 64 KiB does) raises.  iipy.fcgi collects the
+    spans two records (any value over 64 KiB does) raises.  iipy.server.fcgi collects the
     stream and decodes it with decode_pair once complete."""
     conn = _RecordingConnection(_Server())
     conn._do_begin_request(_begin())
@@ -457,7 +457,7 @@ def test_iipy_connection_closes_on_malformed_params(caplog):
 def test_worker_gives_the_handler_its_heartbeat():
     """A handler with a ``heartbeat`` attribute set to None (iipy's Application) gets the
     worker's heartbeat before the worker reports ready."""
-    from iipy import fcgi
+    from iipy.server import fcgi
 
     class Handler:
         heartbeat = None

@@ -1,7 +1,7 @@
-"""Helpers for the process tests of iipy.fcgi: a tiny real server, ports, process trees.
+"""Helpers for the process tests of iipy.server.fcgi: a tiny real server, ports, process trees.
 
 The server is ``python -c SERVER_CODE [--bind ADDRESS ...]``: it calls
-``iipy.fcgi.listener_from_argv`` and ``iipy.fcgi.serve`` exactly as ``python -m iipy``
+``iipy.server.fcgi.listener_from_argv`` and ``iipy.server.fcgi.serve`` exactly as ``python -m iipy``
 does, with a trivial handler whose answer depends on QUERY_STRING:
 
 =================  ==========================================================
@@ -40,7 +40,7 @@ SERVER_CODE = r'''
 import logging, os, sys, time
 logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                     format="%(process)d %(levelname)s %(name)s: %(message)s")
-from iipy import fcgi
+from iipy.server import fcgi
 from iipy.settings import Settings
 
 def factory():

@@ -145,7 +145,7 @@ def _launcher_for(user: str, workdir: Path) -> str:
     console script does.  Without such a Python the test is skipped.
     """
     script = Path(iipy_command()[0])
-    probe = [str(script.parent / "python"), "-c", "import iipy.app"]
+    probe = [str(script.parent / "python"), "-c", "import iipy.protocols.router"]
     if _can_run_as(user, probe):
         return str(script)
     version = "python%d.%d" % sys.version_info[:2]
@@ -165,7 +165,7 @@ def _launcher_for(user: str, workdir: Path) -> str:
     launcher.chmod(0o755)
     for path in [venv, *venv.rglob("*")]:
         path.chmod(path.stat().st_mode | 0o005 | (0o050 if path.is_dir() else 0))
-    if not _can_run_as(user, [str(venv / "bin" / "python"), "-c", "import iipy.app"]):
+    if not _can_run_as(user, [str(venv / "bin" / "python"), "-c", "import iipy.protocols.router"]):
         pytest.skip(reason)
     warnings.warn(f"{script.parent / 'python'} is out of reach of {user}: Apache starts "
                   f"{launcher} instead (same code, packages and start-up, system Python)")

@@ -1,4 +1,4 @@
-"""iipy.fcgi in real processes: start-up modes, exact bytes, keep-alive, signals.
+"""iipy.server.fcgi in real processes: start-up modes, exact bytes, keep-alive, signals.
 
 Each test starts ``python -c SERVER_CODE`` (see ``_proc.py``), which goes through
 ``listener_from_argv`` and ``serve`` like ``python -m iipy``, talks FastCGI to it
@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from iipy.fcgi import INTERNAL_ERROR
+from iipy.server.fcgi import INTERNAL_ERROR
 from tests import fcgiclient as fc
 from tests.e2e._proc import (
     SERVER_CODE,

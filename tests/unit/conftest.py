@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from iipy.app import Application
+from iipy.protocols.router import Application
 from iipy.settings import Settings
 
 

@@ -15,7 +15,7 @@ import pytest
 from astropy.io import fits
 
 from iipy import cache as cache_mod
-from iipy.app import Application
+from iipy.protocols.router import Application
 from iipy.cache import (KEY_PREFIX, KeyHasher, LayeredCache, MemcachedCache, MemoryCache,
                         build_cache, parse_servers)
 from iipy.settings import Settings

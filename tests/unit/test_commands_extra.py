@@ -14,11 +14,13 @@ import pytest
 from astropy.io import fits
 from PIL import Image
 
-from iipy import commands, protocol, render
-from iipy.app import Application
-from iipy.commands import Context
-from iipy.pyramid import Pyramid
-from iipy.response import Responder, http_date
+from iipy.protocols.iip import commands
+from iipy.protocols.iip import parser
+from iipy.imaging import render
+from iipy.protocols.router import Application
+from iipy.protocols.iip.commands import Context
+from iipy.imaging.pyramid import Pyramid
+from iipy.protocols.http import Responder, http_date
 from iipy.settings import Settings
 
 W, H = 1001, 701  # the size the iipsrv measurements of iip-protocol.md §5.6 used
@@ -289,7 +291,7 @@ def test_rot_cvt_and_tile_orientation(env, rot, corners):
     app = env({"q.fits": [fits.PrimaryHDU(quadrants())]})
     base = "FIF=q.fits&MINMAX=1:0,255&ROT=%s" % rot
     for got in (image(app, base + "&CVT=png"), image(app, base + "&QLT=100&JTL=0,0")):
-        quarter = protocol.rot(rot)[0] in (90, 270)
+        quarter = parser.rot(rot)[0] in (90, 270)
         assert got.shape == ((256, 192) if quarter else (192, 256))
         tl, tr, bl, br = got[5, 5], got[5, -6], got[-6, 5], got[-6, -6]
         assert np.abs(np.array([tl, tr, bl, br], float) - corners).max() <= 2, rot
@@ -611,7 +613,7 @@ def test_cvt_goes_through_the_cache_and_errors_do_not(grey):
 
     def run(query):
         ctx = Context(app.settings, Responder(app.settings), app.store, cache=cache)
-        return commands.run(protocol.parse(query), ctx), ctx
+        return commands.run(parser.parse(query), ctx), ctx
 
     r1, ctx1 = run("FIF=g.fits&RGN=0,0,0.5,0.5&WID=100&CVT=jpeg")
     assert r1.status == 200 and not ctx1.timings.cache_hit

@@ -7,7 +7,7 @@ import gzip
 import numpy as np
 from astropy.io import fits
 
-from iipy.app import Application
+from iipy.protocols.router import Application
 from iipy.settings import Settings
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from iipy.geometry import Grid, TileOutOfRange, Window, num_resolutions
+from iipy.imaging.geometry import Grid, TileOutOfRange, Window, num_resolutions
 
 
 @pytest.mark.parametrize("w,h,r", [

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from iipy.fitsimage import cd_matrix, robust_range, subject_header
+from iipy.imaging.sources.fits import cd_matrix, robust_range, subject_header
 
 
 def cards(text: str) -> dict[str, str]:

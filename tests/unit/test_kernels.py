@@ -8,8 +8,8 @@ import platform
 import numpy as np
 import pytest
 
-from iipy import kernels
-from iipy.kernels import (
+from iipy.imaging import kernels
+from iipy.imaging.kernels import (
     CMAP_BLUE,
     CMAP_COLD,
     CMAP_GREEN,

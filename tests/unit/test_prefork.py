@@ -1,4 +1,4 @@
-"""iipy.prefork.Supervisor with dummy jobs that idle, crash, hang or count requests.
+"""iipy.server.prefork.Supervisor with dummy jobs that idle, crash, hang or count requests.
 
 Each test forks a master process running the supervisor (so its signal handlers
 and children never touch the pytest process), lets the workers append events to a
@@ -19,7 +19,7 @@ from typing import Callable
 
 import pytest
 
-from iipy.prefork import WORKER_BOOT_ERROR, Supervisor, WorkerContext
+from iipy.server.prefork import WORKER_BOOT_ERROR, Supervisor, WorkerContext
 from iipy.settings import Settings
 
 

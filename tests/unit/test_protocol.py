@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from iipy import protocol
+from iipy.protocols.iip import parser
 from iipy.settings import atof, atoi
 
 CORPUS = Path(__file__).parent / "corpus"
@@ -22,7 +22,7 @@ ANSWER = sorted((CORPUS / "answer").glob("*.json"))
 @pytest.mark.parametrize("case", PARSE, ids=[p.stem for p in PARSE])
 def test_parse_corpus(case):
     spec = json.loads(case.read_text())
-    request = protocol.parse(spec["query"])
+    request = parser.parse(spec["query"])
     got = [[c.name, c.raw_name, c.arg] for c in request.commands]
     assert got == spec["commands"]
 
@@ -54,46 +54,46 @@ def test_atof(text, value):
 
 
 def test_int_pair_without_comma_uses_whole_text_twice():
-    assert protocol.int_pair("1") == (1, 1)
-    assert protocol.int_pair("2,5") == (2, 5)
+    assert parser.int_pair("1") == (1, 1)
+    assert parser.int_pair("2,5") == (2, 5)
 
 
 def test_minmax_is_one_based_and_lenient():
-    assert protocol.minmax("1:-2.5e-3,1.2e+2") == (0, -0.0025, 120.0)
-    assert protocol.minmax("3:0,5,junk") == (2, 0.0, 5.0)
-    assert protocol.minmax("1:0") is None
-    assert protocol.minmax("nocolon") is None
+    assert parser.minmax("1:-2.5e-3,1.2e+2") == (0, -0.0025, 120.0)
+    assert parser.minmax("3:0,5,junk") == (2, 0.0, 5.0)
+    assert parser.minmax("1:0") is None
+    assert parser.minmax("nocolon") is None
 
 
 def test_ctw_rows_brackets_optional():
-    assert protocol.ctw("1;1;1") == [[1.0], [1.0], [1.0]]
-    assert protocol.ctw("[0.5,7;1;1]") == [[0.5, 7.0], [1.0], [1.0]]
-    assert protocol.ctw("0,0,1;0,0,1;0,0,1") == [[0, 0, 1]] * 3
+    assert parser.ctw("1;1;1") == [[1.0], [1.0], [1.0]]
+    assert parser.ctw("[0.5,7;1;1]") == [[0.5, 7.0], [1.0], [1.0]]
+    assert parser.ctw("0,0,1;0,0,1;0,0,1") == [[0, 0, 1]] * 3
 
 
 def test_rgn_clamping_as_iipsrv():
-    assert protocol.rgn("-0.1,-0.1,1.2,1.2") == (0.0, 0.0, 1.0, 1.0)
-    assert protocol.rgn("0.8,0.5,0.5,0.7") == pytest.approx((0.8, 0.5, 0.2, 0.7))
-    assert protocol.rgn("0.1,0.2,0.3") is None
-    assert protocol.rgn("0.1,0.2,0,0.5") is None
-    assert protocol.rgn("1e-1,0,0.5,0.5") == (0.1, 0.0, 0.5, 0.5)
+    assert parser.rgn("-0.1,-0.1,1.2,1.2") == (0.0, 0.0, 1.0, 1.0)
+    assert parser.rgn("0.8,0.5,0.5,0.7") == pytest.approx((0.8, 0.5, 0.2, 0.7))
+    assert parser.rgn("0.1,0.2,0.3") is None
+    assert parser.rgn("0.1,0.2,0,0.5") is None
+    assert parser.rgn("1e-1,0,0.5,0.5") == (0.1, 0.0, 0.5, 0.5)
 
 
 def test_rot_forms():
-    assert protocol.rot("90") == (90, False)
-    assert protocol.rot("!180") == (180, True)
-    assert protocol.rot("45") == (0, False)
-    assert protocol.rot("-90") == (270, False)
+    assert parser.rot("90") == (90, False)
+    assert parser.rot("!180") == (180, True)
+    assert parser.rot("45") == (0, False)
+    assert parser.rot("-90") == (270, False)
 
 
 def test_pfl_forms():
-    assert protocol.pfl("2:8,10-12,10") == (2, 8, 10, 12, 10)
-    assert protocol.pfl("3:5,6") == (3, 5, 6, 5, 6)
-    assert protocol.pfl("nocolon") is None
+    assert parser.pfl("2:8,10-12,10") == (2, 8, 10, 12, 10)
+    assert parser.pfl("3:5,6") == (3, 5, 6, 5, 6)
+    assert parser.pfl("nocolon") is None
 
 
 def test_uri_map():
-    assert protocol.map_uri("/iiif/image.fits/info.json?x=1", "iiif=>IIIF") == \
+    assert parser.map_uri("/iiif/image.fits/info.json?x=1", "iiif=>IIIF") == \
         "iiif=image.fits/info.json"
-    assert protocol.map_uri("/other/x", "iiif=>IIIF") is None
-    assert protocol.map_uri("/x", "broken") is None
+    assert parser.map_uri("/other/x", "iiif=>IIIF") is None
+    assert parser.map_uri("/x", "broken") is None

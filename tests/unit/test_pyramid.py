@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from iipy import pyramid as pyramid_module
-from iipy.geometry import Grid
-from iipy.images import resolve
-from iipy.pyramid import Pyramid
-from iipy.fitsimage import FitsImage
+from iipy.imaging import pyramid as pyramid_module
+from iipy.imaging.geometry import Grid
+from iipy.imaging.paths import resolve
+from iipy.imaging.pyramid import Pyramid
+from iipy.imaging.sources.fits import FitsImage
 from iipy.settings import Settings
 
 
@@ -170,7 +170,7 @@ def test_build_memory_is_banded(image, monkeypatch):
 def test_pyramid_build_beats_the_worker_heartbeat(image):
     """A long build inside one request keeps the worker's heartbeat going (the FastCGI
     worker sets Application.heartbeat), so it is not killed as hung."""
-    from iipy.app import Application
+    from iipy.protocols.router import Application
 
     _, _, settings = image
     app = Application(settings.replace(memcached_servers="", verbosity=0))

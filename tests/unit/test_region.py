@@ -1,4 +1,4 @@
-"""CVT geometry (iipy.region): output sizes as iipsrv 1.1 computes them, the level read
+"""CVT geometry (iipy.imaging.region): output sizes as iipsrv 1.1 computes them, the level read
 and its bounds.  Every size in SIZES_1001x701 was measured on iipsrv 1.1 serving a
 1001x701 pyramidal TIFF (256x256 tiles, levels 1001x701, 500x350, 250x175)."""
 
@@ -8,8 +8,9 @@ import random
 
 import pytest
 
-from iipy import protocol, region
-from iipy.geometry import num_resolutions
+from iipy.protocols.iip import parser
+from iipy.imaging import region
+from iipy.imaging.geometry import num_resolutions
 
 
 def export_for(query: str, width: int = 1001, height: int = 701, max_cvt: int = 5000,
@@ -19,11 +20,11 @@ def export_for(query: str, width: int = 1001, height: int = 701, max_cvt: int = 
     for token in filter(None, query.split("&")):
         key, _, arg = token.partition("=")
         if key == "WID":
-            wid = protocol.c_int(arg)
+            wid = parser.c_int(arg)
         elif key == "HEI":
-            hei = protocol.c_int(arg)
+            hei = parser.c_int(arg)
         elif key == "RGN":
-            rgn = protocol.rgn(arg) or rgn
+            rgn = parser.rgn(arg) or rgn
     nres = num_resolutions(width, height, 256, 256)
     return region.plan(width, height, nres, rgn, wid, hei, max_cvt, upscaling)
 
@@ -162,9 +163,9 @@ def test_rotation_swaps_sides():
 
 def test_c_round_and_c_int():
     assert [region.c_round(v) for v in (0.5, 1.5, 2.5, -0.5, 175.5, 0.49999)] == [1, 2, 3, -1, 176, 0]
-    assert protocol.c_int("100000000000") == 1215752192  # glibc: low 32 bits
-    assert protocol.c_int("99999999999999999999") == -1  # saturates at LONG_MAX first
-    assert protocol.c_int("-5") == -5 and protocol.c_int("abc") == 0
+    assert parser.c_int("100000000000") == 1215752192  # glibc: low 32 bits
+    assert parser.c_int("99999999999999999999") == -1  # saturates at LONG_MAX first
+    assert parser.c_int("-5") == -5 and parser.c_int("abc") == 0
 
 
 def test_random_requests_stay_bounded():
@@ -179,7 +180,7 @@ def test_random_requests_stay_bounded():
         h = rnd.choice(sizes + [rnd.randint(1, 50000)])
         nres = num_resolutions(w, h, 256, 256)
         parts = [rnd.choice(fractions + [rnd.random(), rnd.uniform(-2, 3)]) for _ in range(4)]
-        rgn = protocol.rgn(",".join(repr(p) for p in parts)) if rnd.random() < 0.8 else None
+        rgn = parser.rgn(",".join(repr(p) for p in parts)) if rnd.random() < 0.8 else None
         wid = rnd.choice(numbers + [rnd.randint(1, 20000)])
         hei = rnd.choice(numbers + [rnd.randint(1, 20000)])
         max_cvt = rnd.choice([64, 300, 5000])

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from iipy import serve
-from iipy.protocol import url_decode
+from iipy.viewer import serve
+from iipy.protocols.iip.parser import url_decode
 
 
 @pytest.fixture

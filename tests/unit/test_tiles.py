@@ -11,7 +11,7 @@ import pytest
 from astropy.io import fits
 from PIL import Image
 
-from iipy.app import Application
+from iipy.protocols.router import Application
 from iipy.settings import Settings
 
 W, H = 983, 1061  # odd sizes: partial edge tiles and dropped rows at every level

@@ -13,7 +13,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from .settings import atof, atoi
+from iipy.settings import atof, atoi
 
 #: Commands that only change per-request state.
 MODIFIERS = frozenset(

@@ -8,7 +8,7 @@ import logging
 import logging.handlers
 import sys
 
-from .settings import Settings
+from iipy.settings import Settings
 
 STARTUP = "iipy.startup"
 

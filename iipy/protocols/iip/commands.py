@@ -19,15 +19,19 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from . import encode, kernels, protocol, region, render
-from .errors import (BadArgument, FileNotFound, ImageUnavailable, InternalRequestError,
+from iipy.imaging import encode
+from iipy.imaging import kernels
+from iipy.protocols.iip import parser
+from iipy.imaging import region
+from iipy.imaging import render
+from iipy.errors import (BadArgument, FileNotFound, ImageUnavailable, InternalRequestError,
                      NotModified, UnsupportedObject)
-from .geometry import TileOutOfRange
-from .images import ImageRef, resolve, sequence_ref, split_selector, strip_dotdot
-from .protocol import Command, IIPRequest
-from .response import Responder, Response
-from .settings import Settings, atof, atoi
-from .store import ImageStore, OpenImage
+from iipy.imaging.geometry import TileOutOfRange
+from iipy.imaging.paths import ImageRef, resolve, sequence_ref, split_selector, strip_dotdot
+from iipy.protocols.iip.parser import Command, IIPRequest
+from iipy.protocols.http import Responder, Response
+from iipy.settings import Settings, atof, atoi
+from iipy.imaging.store import ImageStore, OpenImage
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +181,7 @@ def _open_angles(ctx: Context, horizontal: int, vertical: int) -> None:
 
 
 def cmd_sds(ctx: Context, cmd: Command) -> None:
-    _open_angles(ctx, *protocol.sds(cmd.arg))
+    _open_angles(ctx, *parser.sds(cmd.arg))
 
 
 # --- OBJ -------------------------------------------------------------------------------
@@ -312,7 +316,7 @@ def cmd_minmax(ctx: Context, cmd: Command) -> None:
     image = ctx.require_image("")
     if image is None:
         return
-    parsed = protocol.minmax(cmd.arg)
+    parsed = parser.minmax(cmd.arg)
     if parsed is None:
         return
     channel, lo, hi = parsed
@@ -337,35 +341,35 @@ def cmd_inv(ctx: Context, cmd: Command) -> None:
 
 
 def cmd_ctw(ctx: Context, cmd: Command) -> None:
-    ctx.view.ctw.extend(protocol.ctw(cmd.arg))
+    ctx.view.ctw.extend(parser.ctw(cmd.arg))
 
 
 def cmd_wid(ctx: Context, cmd: Command) -> None:
-    ctx.width = protocol.c_int(cmd.arg)  # a C int: huge values wrap, as in iipsrv
+    ctx.width = parser.c_int(cmd.arg)  # a C int: huge values wrap, as in iipsrv
 
 
 def cmd_hei(ctx: Context, cmd: Command) -> None:
-    ctx.height = protocol.c_int(cmd.arg)
+    ctx.height = parser.c_int(cmd.arg)
 
 
 def cmd_rgn(ctx: Context, cmd: Command) -> None:
-    region = protocol.rgn(cmd.arg)
+    region = parser.rgn(cmd.arg)
     if region is not None:
         ctx.region = region
 
 
 def cmd_rot(ctx: Context, cmd: Command) -> None:
-    ctx.rotation, ctx.mirror = protocol.rot(cmd.arg)
+    ctx.rotation, ctx.mirror = parser.rot(cmd.arg)
 
 
 def cmd_shd(ctx: Context, cmd: Command) -> None:
-    parsed = protocol.shd(cmd.arg)
+    parsed = parser.shd(cmd.arg)
     if parsed is not None:
         ctx.view.shade = parsed
 
 
 def cmd_col(ctx: Context, cmd: Command) -> None:
-    ctx.view.colour = protocol.col(cmd.arg)
+    ctx.view.colour = parser.col(cmd.arg)
 
 
 def cmd_ignore(ctx: Context, cmd: Command) -> None:
@@ -461,12 +465,12 @@ def send_tile(ctx: Context, resolution: int, tile: int) -> None:
 
 
 def cmd_jtl(ctx: Context, cmd: Command) -> None:
-    resolution, tile = protocol.int_pair(cmd.arg)
+    resolution, tile = parser.int_pair(cmd.arg)
     send_tile(ctx, resolution, tile)
 
 
 def cmd_jtls(ctx: Context, cmd: Command) -> None:
-    parsed = protocol.jtls(cmd.arg)
+    parsed = parser.jtls(cmd.arg)
     if parsed is not None:
         _open_angles(ctx, parsed[0], parsed[3])
         send_tile(ctx, parsed[1], parsed[2])
@@ -480,7 +484,7 @@ def cmd_til(ctx: Context, cmd: Command) -> None:
     image = ctx.require_image("")
     if image is None:
         return
-    resolution, start, end = protocol.til(cmd.arg)
+    resolution, start, end = parser.til(cmd.arg)
     if resolution < 0 or start < 0:
         raise InternalRequestError("negative TIL request %r" % cmd.arg)
     grid = image.grid
@@ -527,7 +531,7 @@ def export_filename(fif: str, extension: str) -> str:
 
 def cmd_cvt(ctx: Context, cmd: Command) -> None:
     """CVT: a region of the image as one JPEG (or PNG for ``CVT=png``, an extension;
-    iipsrv 1.1 sends JPEG for every format), geometry as iipsrv's (``iipy.region``)."""
+    iipsrv 1.1 sends JPEG for every format), geometry as iipsrv's (``iipy.imaging.region``)."""
     image = ctx.require_image("")
     if image is None:
         return
@@ -621,7 +625,7 @@ def cmd_pfl(ctx: Context, cmd: Command) -> None:
     image = ctx.require_image("")
     if image is None:
         return
-    parsed = protocol.pfl(cmd.arg)
+    parsed = parser.pfl(cmd.arg)
     if parsed is None:
         raise BadArgument("PFL :: Error: expected PFL=<resolution>:<x1>,<y1>[-<x2>,<y2>]")
     res, x1, y1, x2, y2 = parsed
@@ -664,7 +668,7 @@ def cmd_spectra(ctx: Context, cmd: Command) -> None:
     image = ctx.require_image("")
     if image is None:
         return
-    res, tile, x, y = protocol.spectra(cmd.arg)
+    res, tile, x, y = parser.spectra(cmd.arg)
     if res < 0 or tile < 0:
         raise InternalRequestError("negative SPECTRA request %r" % cmd.arg)
     grid = image.grid

@@ -7,11 +7,11 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
-from .fitsimage import DisplayRange, FitsImage
-from .geometry import Grid
-from .images import LRU, ImageRef
-from .pyramid import Pyramid
-from .settings import Settings
+from iipy.imaging.sources.fits import DisplayRange, FitsImage
+from iipy.imaging.geometry import Grid
+from iipy.imaging.paths import LRU, ImageRef
+from iipy.imaging.pyramid import Pyramid
+from iipy.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Generic, TypeVar
 
-from .errors import FileNotFound
-from .settings import Settings
+from iipy.errors import FileNotFound
+from iipy.settings import Settings
 
 log = logging.getLogger(__name__)
 

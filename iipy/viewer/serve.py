@@ -1,11 +1,11 @@
 """``iipy serve PATH...``: look at FITS files in a browser, without a web server.
 
-The same :class:`~iipy.app.Application` that answers FastCGI requests sits behind a
+The same :class:`~iipy.protocols.router.Application` that answers FastCGI requests sits behind a
 small HTTP front end (the standard library's ``http.server`` request parser) on
 127.0.0.1 and a free port:
 
-``/``                      the viewer page (``iipy/static/index.html``)
-``/static/NAME``           the viewer's script and style sheet (``iipy/static/``)
+``/``                      the viewer page (``iipy/viewer/static/index.html``)
+``/static/NAME``           the viewer's script and style sheet (``iipy/viewer/static/``)
 ``/static/leaflet/...``    a local copy of Leaflet, with ``--assets local``
 ``/images.json``           the images that can be shown, as JSON
 ``/iip?QUERY``             IIP, exactly as ``iipsrv.fcgi?QUERY`` behind a web server;
@@ -19,7 +19,7 @@ of one folder) ``FIF`` is the path inside it; with several, ``FIF`` starts with 
 folder's label (``data/sky.fits``), which the front end removes before the request
 reaches the application of that folder.
 
-Concurrency: the pre-fork :class:`~iipy.prefork.Supervisor` runs ``--workers``
+Concurrency: the pre-fork :class:`~iipy.server.prefork.Supervisor` runs ``--workers``
 processes that accept HTTP connections on one shared listening socket, one request at
 a time each (the browser asks for many tiles at once).  Every response closes its
 connection, so no idle kept-alive connection ever holds a worker.
@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any, Callable, TextIO
 from urllib.parse import quote
 
-from . import __version__
+from iipy import __version__
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def build_roots(paths: list[str]) -> list[Root]:
     A path may end with an extension selector (``mosaic.fits[2]``).  Raises
     :class:`ServeError` for a path that does not exist.
     """
-    from .images import split_selector
+    from iipy.imaging.paths import split_selector
 
     folders: dict[str, set[str] | None] = {}
     for given in paths:
@@ -166,7 +166,7 @@ def build_roots(paths: list[str]) -> list[Root]:
 
 
 def _without_selector(name: str) -> str:
-    from .images import split_selector
+    from iipy.imaging.paths import split_selector
 
     return split_selector(name)[0]
 
@@ -217,8 +217,8 @@ class Catalogue:
         request names something that is not served."""
         if self._passthrough:
             return 0, query
-        from .images import split_selector, strip_dotdot
-        from .protocol import url_decode
+        from iipy.imaging.paths import split_selector, strip_dotdot
+        from iipy.protocols.iip.parser import url_decode
 
         target: int | None = None
         tokens = []
@@ -373,8 +373,8 @@ class FrontEnd:
 
     def __init__(self, catalogue: Catalogue, settings: list[Any], assets: str,
                  asset_dir: Path | None, progress: Callable[[str, float], None] | None):
-        from .app import Application
-        from .response import Responder
+        from iipy.protocols.router import Application
+        from iipy.protocols.http import Responder
 
         self.catalogue = catalogue
         self.apps = []
@@ -615,7 +615,7 @@ def serve_settings(environ: dict[str, str] | None = None, workers: int | None = 
     timeout (first use of a large file builds its pyramid), and at most
     :data:`DEFAULT_WORKERS` workers.
     """
-    from .settings import Settings
+    from iipy.settings import Settings
 
     env = dict(os.environ if environ is None else environ)
     settings = Settings.from_environ(env)
@@ -652,8 +652,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from . import logconfig
-    from .prefork import Supervisor
+    from iipy.server import logsetup
+    from iipy.server.prefork import Supervisor
 
     try:
         roots = build_roots(args.paths)
@@ -662,11 +662,11 @@ def main(args: argparse.Namespace) -> int:
         print("iipy serve: %s" % exc, file=sys.stderr)
         return 2
     settings = serve_settings(workers=args.workers)
-    logconfig.configure(settings)
+    logsetup.configure(settings)
     catalogue = Catalogue(roots)
     root_settings = [settings.replace(filesystem_prefix=root.prefix) for root in roots]
     # Import the heavy modules before forking, so that the workers share their pages.
-    from . import app  # noqa: F401
+    from iipy.protocols import router  # noqa: F401
 
     try:
         listener = bind(args.port)

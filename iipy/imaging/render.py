@@ -21,8 +21,8 @@ from typing import Callable
 
 import numpy as np
 
-from . import kernels
-from .fitsimage import DisplayRange
+from iipy.imaging import kernels
+from iipy.imaging.sources.fits import DisplayRange
 
 #: Bytes of float32 data an export handles at once (bounds its memory besides the output).
 STRIP_BYTES = 32 << 20

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 
-from . import kernels
-from .errors import BadArgument, FileNotFound, InternalRequestError
-from .images import ImageRef
+from iipy.imaging import kernels
+from iipy.errors import BadArgument, FileNotFound, InternalRequestError
+from iipy.imaging.paths import ImageRef
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import email.utils
 from dataclasses import dataclass
 
-from .settings import Settings
+from iipy.settings import Settings
 
 Headers = tuple[tuple[str, str], ...]
 

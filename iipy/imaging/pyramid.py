@@ -28,10 +28,10 @@ from typing import Callable
 
 import numpy as np
 
-from . import kernels
-from .errors import FileNotFound
-from .fitsimage import DisplayRange, FitsImage, robust_range
-from .geometry import Grid
+from iipy.imaging import kernels
+from iipy.errors import FileNotFound
+from iipy.imaging.sources.fits import DisplayRange, FitsImage, robust_range
+from iipy.imaging.geometry import Grid
 
 log = logging.getLogger(__name__)
 

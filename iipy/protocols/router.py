@@ -13,13 +13,14 @@ import logging
 import time
 from typing import Callable
 
-from . import commands, protocol
-from .cache import build_cache
-from .commands import Context
-from .errors import HTTPError, InternalRequestError, NotModified
-from .response import Responder, Response
-from .settings import Settings
-from .store import ImageStore
+from iipy.protocols.iip import commands
+from iipy.protocols.iip import parser
+from iipy.cache import build_cache
+from iipy.protocols.iip.commands import Context
+from iipy.errors import HTTPError, InternalRequestError, NotModified
+from iipy.protocols.http import Responder, Response
+from iipy.settings import Settings
+from iipy.imaging.store import ImageStore
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class Application:
 
     def request_string(self, params: dict[str, str]) -> str:
         if self.settings.uri_map:
-            mapped = protocol.map_uri(params.get("REQUEST_URI", ""), self.settings.uri_map)
+            mapped = parser.map_uri(params.get("REQUEST_URI", ""), self.settings.uri_map)
             if mapped is not None:
                 return mapped
         return params.get("QUERY_STRING", "")
@@ -69,7 +70,7 @@ class Application:
         query = self.request_string(params)
         if not query:
             return self.responder.advert()
-        request = protocol.parse(query)
+        request = parser.parse(query)
         ims = params.get("HTTP_IF_MODIFIED_SINCE")
         cache = self.cache
         cache.begin_request()

@@ -4,7 +4,7 @@ This is the only module that imports flup, and it uses flup 1.0.3 only for the
 FastCGI record layer: ``Record`` parsing, ``decode_pair`` and the request
 bookkeeping of ``Connection`` (BEGIN_REQUEST, PARAMS, STDIN, ABORT_REQUEST,
 GET_VALUES, FCGI_KEEP_CONN).  flup's pre-fork pool is replaced by
-:mod:`iipy.prefork`, and its WSGI bridge is not used because it always writes a
+:mod:`iipy.server.prefork`, and its WSGI bridge is not used because it always writes a
 ``Status:`` line and adds headers of its own, while iipy must send iipsrv's exact
 bytes: the handler returns the complete CGI output and this module frames it.
 
@@ -48,8 +48,8 @@ from typing import Any, Callable, NoReturn
 
 from flup.server import fcgi_base as flup
 
-from .prefork import Supervisor, WorkerContext
-from .settings import atoi
+from iipy.server.prefork import Supervisor, WorkerContext
+from iipy.settings import atoi
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""``iipy serve``: a local viewer for FITS files (catalogue, assets, HTTP front end)."""
