@@ -25,7 +25,7 @@ from tests.e2e.conftest import http_get, wait_for_port
 pytestmark = pytest.mark.e2e
 
 TILES = [f"FIF=int16.fits&GAM=0.4545&CTW=1;1;1&JTL=3,{n}" for n in range(5)]
-LOG_LINE = re.compile(r"iipy\[(\d+)\] \w+ iipy\.app: (\d{3}) (\S+) .*cache hit: (\S+)$")
+LOG_LINE = re.compile(r"iipy\[(\d+)\] \w+ iipy\.protocols\.router: (\d{3}) (\S+) .*cache hit: (\S+)$")
 
 
 # --------------------------------------------------------------------------- helpers
