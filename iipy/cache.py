@@ -37,7 +37,7 @@ import os
 import socket
 import time
 from collections import OrderedDict
-from typing import Any, Callable
+from typing import Any, Callable, Generic, Hashable, TypeVar
 
 from iipy import __version__
 from iipy.settings import Settings
@@ -128,7 +128,76 @@ class KeyHasher:
         return h.hexdigest()
 
 
-# ---- in-process LRU -----------------------------------------------------------------
+# ---- the one in-process LRU -------------------------------------------------------
+
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class LRU(Generic[K, V]):
+    """A least-recently-used map bounded by a count or by a total weight.
+
+    Without ``weigh`` each value counts 1 and ``capacity`` is the number of entries;
+    with ``weigh`` (e.g. ``len`` for bytes) ``capacity`` bounds the sum of the weights,
+    and a value heavier than the whole capacity is not stored.  ``close`` is called on
+    every value that leaves the map (evicted, replaced or cleared).  Every in-process
+    cache of iipy is one of these.  Not thread-safe: callers that share one between
+    threads hold their own lock.
+    """
+
+    def __init__(self, capacity: float, weigh: Callable[[V], int] | None = None,
+                 close: Callable[[V], None] | None = None) -> None:
+        self.capacity = capacity
+        self.size = 0
+        self._weigh = weigh
+        self._close = close
+        self._items: OrderedDict[K, V] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._items
+
+    def get(self, key: K) -> V | None:
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
+
+    def put(self, key: K, value: V) -> None:
+        self.pop(key)
+        weight = 1 if self._weigh is None else self._weigh(value)
+        if weight > self.capacity:
+            self._closed(value)
+            return
+        self._items[key] = value
+        self.size += weight
+        while self.size > self.capacity:
+            _, old = self._items.popitem(last=False)
+            self._forget(old)
+
+    def pop(self, key: K) -> None:
+        old = self._items.pop(key, None)
+        if old is not None:
+            self._forget(old)
+
+    def clear(self) -> None:
+        while self._items:
+            _, old = self._items.popitem()
+            self._forget(old)
+
+    def _forget(self, value: V) -> None:
+        self.size -= 1 if self._weigh is None else self._weigh(value)
+        self._closed(value)
+
+    def _closed(self, value: V) -> None:
+        if self._close is not None:
+            self._close(value)
+
+
+# ---- in-process response cache ------------------------------------------------------
 
 
 class _DigestCache:
@@ -164,37 +233,29 @@ class MemoryCache(_DigestCache):
     name = "memory"
 
     def __init__(self, capacity: int, hasher: KeyHasher):
-        self.capacity = int(capacity)
         self.hasher = hasher
-        self.size = 0
-        self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._lru: LRU[str, bytes] = LRU(int(capacity), weigh=len)
         self.last_hit: str | None = None
 
+    @property
+    def capacity(self) -> int:
+        return int(self._lru.capacity)
+
+    @property
+    def size(self) -> int:
+        return self._lru.size
+
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._lru)
 
     def get_digest(self, digest: str) -> bytes | None:
-        value = self._items.get(digest)
-        if value is not None:
-            self._items.move_to_end(digest)
-        return value
+        return self._lru.get(digest)
 
     def set_digest(self, digest: str, value: bytes) -> None:
-        size = len(value)
-        old = self._items.pop(digest, None)
-        if old is not None:
-            self.size -= len(old)
-        if size > self.capacity:
-            return
-        self._items[digest] = value
-        self.size += size
-        while self.size > self.capacity:
-            _, evicted = self._items.popitem(last=False)
-            self.size -= len(evicted)
+        self._lru.put(digest, value)
 
     def clear(self) -> None:
-        self._items.clear()
-        self.size = 0
+        self._lru.clear()
 
 
 # ---- memcached ----------------------------------------------------------------------

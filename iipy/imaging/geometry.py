@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
-class TileOutOfRange(Exception):
-    """Resolution or tile number outside the pyramid (answered with a 404)."""
+from iipy.errors import OutOfRange
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,8 +35,7 @@ class Grid:
         return num_resolutions(self.width, self.height, self.tile_w, self.tile_h)
 
     def level_size(self, k: int) -> tuple[int, int]:
-        """Size of level k (k halvings), floor; at least one pixel each way."""
-        return max(1, self.width >> k), max(1, self.height >> k)
+        return level_size(self.width, self.height, k)
 
     def resolution_sizes(self) -> list[tuple[int, int]]:
         """(w, h) for resolutions 0 (smallest) .. R - 1 (full)."""
@@ -53,15 +50,20 @@ class Grid:
         """(level k, window) of tile ``tile`` at IIP resolution ``resolution``."""
         n = self.num_resolutions
         if resolution < 0 or resolution >= n:
-            raise TileOutOfRange("Asked for non-existent resolution: %d" % resolution)
+            raise OutOfRange("Asked for non-existent resolution: %d" % resolution)
         k = n - 1 - resolution
         ntx, nty = self.tiles_across(k)
         if tile < 0 or tile >= ntx * nty:
-            raise TileOutOfRange("Asked for non-existent tile: %d" % tile)
+            raise OutOfRange("Asked for non-existent tile: %d" % tile)
         w, h = self.level_size(k)
         row, col = divmod(tile, ntx)
         x, y = col * self.tile_w, row * self.tile_h
         return k, Window(x, y, min(self.tile_w, w - x), min(self.tile_h, h - y))
+
+
+def level_size(width: int, height: int, k: int) -> tuple[int, int]:
+    """Size of level k (k halvings), floor; at least one pixel each way."""
+    return max(1, width >> k), max(1, height >> k)
 
 
 def num_resolutions(width: int, height: int, tile_w: int, tile_h: int) -> int:

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from iipy.cache import LRU
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -410,8 +412,7 @@ if _ck is not None and (_ck.LUT_MBITS != LUT_MBITS or _ck.LUT_EMIN != LUT_EMIN):
     raise ImportError("iipy._kernels was built with another gamma table layout; rebuild it")
 
 _lut_lock = threading.Lock()
-_lut_cache: dict[float, np.ndarray] = {}
-_LUT_CACHE_MAX = 16
+_lut_cache: LRU[float, np.ndarray] = LRU(16)
 
 
 def _gamma_lut(gamma: float) -> np.ndarray:
@@ -428,9 +429,7 @@ def _gamma_lut(gamma: float) -> np.ndarray:
         lut = np.power(v, gamma).astype(np.float32)
     lut.setflags(write=False)
     with _lut_lock:
-        if len(_lut_cache) >= _LUT_CACHE_MAX:
-            _lut_cache.pop(next(iter(_lut_cache)))
-        _lut_cache[gamma] = lut
+        _lut_cache.put(gamma, lut)
     return lut
 
 

@@ -25,11 +25,10 @@ import os
 import re
 import stat as stat_module
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Generic, TypeVar
 
-from iipy.errors import FileNotFound
+from iipy.cache import LRU
+from iipy.errors import ImageNotFound
 from iipy.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -107,7 +106,7 @@ def _inside(real: str, settings: Settings) -> bool:
 #: Seconds a resolved real path is reused (it costs an lstat per path component; the
 #: file itself is still stat()ed on every request, so changes to it are seen at once).
 REALPATH_TTL = 2.0
-_realpaths: dict[str, tuple[float, str]] = {}
+_realpaths: LRU[str, tuple[float, str]] = LRU(4096)
 
 
 def _realpath(path: str) -> str:
@@ -115,19 +114,17 @@ def _realpath(path: str) -> str:
     hit = _realpaths.get(path)
     if hit is not None and now - hit[0] < REALPATH_TTL:
         return hit[1]
-    if len(_realpaths) >= 4096:
-        _realpaths.clear()
     real = os.path.realpath(path)
-    _realpaths[path] = (now, real)
+    _realpaths.put(path, (now, real))
     return real
 
 
 def resolve(fif: str, settings: Settings) -> ImageRef:
-    """Resolve a decoded FIF argument, or raise FileNotFound."""
+    """Resolve a decoded FIF argument, or raise ImageNotFound."""
     requested = strip_dotdot(fif)
     name, selector = split_selector(requested)
     full = settings.filesystem_prefix + name + settings.filesystem_suffix
-    missing = FileNotFound(
+    missing = ImageNotFound(
         "%s is neither a file nor part of an image sequence" % (name + settings.filesystem_suffix)
     )
     if "\x00" in full:
@@ -150,7 +147,7 @@ def resolve(fif: str, settings: Settings) -> ImageRef:
 
 def sequence_ref(fif: str, selector: str, sequence: Sequence, horizontal: int,
                  vertical: int, settings: Settings) -> ImageRef:
-    """The file of ``sequence`` at the given angles, or FileNotFound."""
+    """The file of ``sequence`` at the given angles, or ImageNotFound."""
     real = os.path.realpath(sequence.path(horizontal, vertical))
     st = None
     if _inside(real, settings):
@@ -159,12 +156,13 @@ def sequence_ref(fif: str, selector: str, sequence: Sequence, horizontal: int,
         except (OSError, ValueError):
             pass
     if st is None or not stat_module.S_ISREG(st.st_mode):
-        raise FileNotFound("%s: no image for the view angles %d, %d" % (fif, horizontal, vertical))
+        raise ImageNotFound("%s: no image for the view angles %d, %d" % (fif, horizontal, vertical))
     return ImageRef(fif, real, selector, st.st_mtime_ns, st.st_size, sequence,
                     (horizontal, vertical))
 
 
-_sequences: dict[tuple[str, str, int], Sequence | None] = {}
+#: Sequences found (None: none) by (directory, prefix, directory mtime).
+_sequences: LRU[tuple[str, str, int], tuple[Sequence | None]] = LRU(256)
 
 
 def find_sequence(stem: str, settings: Settings) -> Sequence | None:
@@ -181,12 +179,11 @@ def find_sequence(stem: str, settings: Settings) -> Sequence | None:
     except (OSError, ValueError):
         return None
     key = (real_dir, prefix, dir_mtime)
-    if key in _sequences:
-        return _sequences[key]
+    known = _sequences.get(key)
+    if known is not None:
+        return known[0]
     sequence = _scan_sequence(real_dir, prefix)
-    if len(_sequences) >= 256:
-        _sequences.clear()
-    _sequences[key] = sequence
+    _sequences.put(key, (sequence,))
     return sequence
 
 
@@ -209,44 +206,9 @@ def _scan_sequence(real_dir: str, prefix: str) -> Sequence | None:
     if not exts:
         return None
     if len(exts) > 1:
-        raise FileNotFound("There are multiple file extensions matching %s%s000_090"
+        raise ImageNotFound("There are multiple file extensions matching %s%s000_090"
                            % (os.path.basename(real_dir) + "/", prefix))
     ext = exts.pop()
     horizontal = sorted({h for h, v, e in found if v == 90 and e == ext})
     vertical = sorted({v for h, v, e in found if h == 0 and e == ext})
     return Sequence(os.path.join(real_dir, prefix), ext, tuple(horizontal), tuple(vertical))
-
-
-T = TypeVar("T")
-
-
-class LRU(Generic[T]):
-    """A small least-recently-used map with a close hook for evicted values."""
-
-    def __init__(self, capacity: int, close: Callable[[T], None] | None = None):
-        self.capacity = capacity
-        self._close = close
-        self._items: OrderedDict[object, T] = OrderedDict()
-
-    def get(self, key: object) -> T | None:
-        value = self._items.get(key)
-        if value is not None:
-            self._items.move_to_end(key)
-        return value
-
-    def put(self, key: object, value: T) -> None:
-        self._items[key] = value
-        self._items.move_to_end(key)
-        while len(self._items) > self.capacity:
-            _, old = self._items.popitem(last=False)
-            if self._close is not None:
-                self._close(old)
-
-    def clear(self) -> None:
-        while self._items:
-            _, old = self._items.popitem()
-            if self._close is not None:
-                self._close(old)
-
-    def __len__(self) -> int:
-        return len(self._items)

@@ -28,10 +28,11 @@ from typing import Callable
 
 import numpy as np
 
+from iipy.errors import ImagingError, UnreadableImage
 from iipy.imaging import kernels
-from iipy.errors import FileNotFound
-from iipy.imaging.sources.fits import DisplayRange, FitsImage, robust_range
 from iipy.imaging.geometry import Grid
+from iipy.imaging.source import DisplayRange, ImageSource
+from iipy.imaging.sources.fits import robust_range
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ STAT_COLS = 2048
 
 
 class Pyramid:
-    def __init__(self, image: FitsImage, grid: Grid, cache_dir: str,
+    def __init__(self, image: ImageSource, grid: Grid, cache_dir: str,
                  progress: Callable[[str, float], None] | None = None):
         """``progress(what, fraction)`` is called while a pyramid is being built."""
         self.progress = progress
@@ -81,7 +82,7 @@ class Pyramid:
             return np.ascontiguousarray(self.levels[k - 1][:, y : y + h, x : x + w])
         except (OSError, ValueError, TypeError, EOFError) as exc:
             log.warning("cannot read %s: %s", self.image.ref.path, exc)
-            raise FileNotFound("Unable to read data of '%s'" % self.image.ref.fif) from None
+            raise UnreadableImage("Unable to read data of '%s'" % self.image.ref.fif) from None
 
     # --- disk ------------------------------------------------------------------------
 
@@ -114,6 +115,9 @@ class Pyramid:
             log.warning("cannot write pyramid in %s (%s): building in memory", directory, exc)
             shutil.rmtree(directory, ignore_errors=True)
             return False
+        except ImagingError:  # the image itself cannot be read: no half-built pyramid left
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
         finally:
             fcntl.flock(lock_fd, fcntl.LOCK_UN)
             os.close(lock_fd)

@@ -32,6 +32,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from iipy.imaging.geometry import level_size
+
 #: Tolerance of the aspect-ratio correction (iipsrv 1.1).
 ASPECT_TOLERANCE = 1.001
 
@@ -58,11 +60,6 @@ def c_round(value: float) -> int:
     if value >= 0:
         return int(math.floor(value + 0.5))
     return -int(math.floor(-value + 0.5))
-
-
-def level_size(width: int, height: int, k: int) -> tuple[int, int]:
-    """Floor halving, at least one pixel each way (as ``geometry.Grid``)."""
-    return max(1, width >> k), max(1, height >> k)
 
 
 def as_unsigned(value: int) -> int:
@@ -172,8 +169,3 @@ def plan(width: int, height: int, nres: int, region: tuple[float, float, float, 
             break
         read, source = coarser, candidate
     return Export(read, *source, geometry.out_w, geometry.out_h)
-
-
-def rotated(out_w: int, out_h: int, angle: int) -> tuple[int, int]:
-    """Step 5: ROT 90 and 270 swap the output's sides."""
-    return (out_h, out_w) if angle in (90, 270) else (out_w, out_h)

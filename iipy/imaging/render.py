@@ -15,14 +15,13 @@ responses hold it, as in iipsrv.
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
 from iipy.imaging import kernels
-from iipy.imaging.sources.fits import DisplayRange
+from iipy.imaging.source import DisplayRange
 
 #: Bytes of float32 data an export handles at once (bounds its memory besides the output).
 STRIP_BYTES = 32 << 20
@@ -283,77 +282,3 @@ def export(read: Callable[[int, int, int, int], np.ndarray], source: tuple[int, 
         out[oy0:oy1] = pixels
     assert out is not None
     return convert_colour(out, view.colour)
-
-
-# --- watermark --------------------------------------------------------------------------------
-
-
-class Watermark:
-    """A watermark added to 8-bit output, as iipsrv adds it: each time with probability
-    ``probability``, at a random position, value x ``opacity`` added to the pixels
-    (clipped at 255), so black parts of the watermark leave the image unchanged.  An
-    alpha channel scales the watermark.  A watermark larger than the tile is scaled down
-    to fit in it, keeping its aspect (iipsrv leaves such tiles without a watermark)."""
-
-    def __init__(self, rgba: np.ndarray, opacity: float, probability: float,
-                 resize: Callable[[np.ndarray, int, int], np.ndarray]):
-        rgba = np.asarray(rgba, np.uint8)
-        alpha = rgba[..., 3:4].astype(np.float32) / np.float32(255)
-        self.rgb = rgba[..., :3].astype(np.float32) * alpha  # premultiplied
-        self.opacity = float(opacity)
-        self.probability = float(probability)
-        self._resize = resize
-        self._rgba = rgba
-        self._fitted: dict[tuple[int, int, int], np.ndarray] = {}
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return self.rgb.shape[1], self.rgb.shape[0]
-
-    def fitted(self, max_w: int, max_h: int, channels: int) -> np.ndarray:
-        """The watermark, scaled down if needed to fit ``max_w`` x ``max_h``, times the
-        opacity: float32 (h, w) for grey output, (h, w, 3) for colour."""
-        w, h = self.size
-        scale = min(1.0, max_w / w, max_h / h)
-        fw, fh = max(1, int(w * scale)), max(1, int(h * scale))
-        key = (fw, fh, channels)
-        wm = self._fitted.get(key)
-        if wm is None:
-            if (fw, fh) == (w, h):
-                rgb = self.rgb
-            else:
-                small = self._resize(self._rgba, fw, fh)
-                alpha = small[..., 3:4].astype(np.float32) / np.float32(255)
-                rgb = small[..., :3].astype(np.float32) * alpha
-            if channels == 1:
-                rgb = rgb[..., 0] * np.float32(0.299) + rgb[..., 1] * np.float32(0.587) + \
-                    rgb[..., 2] * np.float32(0.114)
-            wm = (rgb * np.float32(self.opacity)).astype(np.float32)
-            if len(self._fitted) > 64:
-                self._fitted.clear()
-            self._fitted[key] = wm
-        return wm
-
-    def apply(self, pixels: np.ndarray, cell: tuple[int, int] | None = None,
-              rng: random.Random | None = None) -> np.ndarray:
-        """Add the watermark to uint8 (h, w) or (h, w, 3) ``pixels`` (in place), once
-        per ``cell``-sized block of a grid from the top-left corner (a whole tile when
-        ``cell`` is None), each with its own draw of the probability and position."""
-        if self.opacity <= 0 or self.probability <= 0:
-            return pixels
-        rng = rng or random
-        h, w = pixels.shape[:2]
-        cw, ch = cell if cell is not None else (w, h)
-        channels = 1 if pixels.ndim == 2 else 3
-        for y0 in range(0, h, ch):
-            for x0 in range(0, w, cw):
-                if self.probability < 1.0 and rng.random() >= self.probability:
-                    continue
-                bw, bh = min(cw, w - x0), min(ch, h - y0)
-                wm = self.fitted(bw, bh, channels)
-                ww, wh = wm.shape[1], wm.shape[0]
-                ox = x0 + rng.randrange(bw - ww + 1)
-                oy = y0 + rng.randrange(bh - wh + 1)
-                block = pixels[oy : oy + wh, ox : ox + ww]
-                block[...] = np.minimum(block + wm, np.float32(255)).astype(np.uint8)
-        return pixels

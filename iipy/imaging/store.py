@@ -7,9 +7,11 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
-from iipy.imaging.sources.fits import DisplayRange, FitsImage
+from iipy.imaging.source import DisplayRange, ImageSource
+from iipy.imaging.sources.fits import FitsImage
 from iipy.imaging.geometry import Grid
-from iipy.imaging.paths import LRU, ImageRef
+from iipy.cache import LRU
+from iipy.imaging.paths import ImageRef
 from iipy.imaging.pyramid import Pyramid
 from iipy.settings import Settings
 
@@ -19,7 +21,7 @@ log = logging.getLogger(__name__)
 @dataclass(slots=True)
 class OpenImage:
     ref: ImageRef
-    fits: FitsImage
+    source: ImageSource
     grid: Grid
     pyramid: Pyramid
 
@@ -35,7 +37,7 @@ class ImageStore:
         """``progress`` is passed to every pyramid build (see ``Pyramid``)."""
         self.settings = settings
         self.progress = progress
-        self._open: LRU[OpenImage] = LRU(capacity, close=lambda im: im.fits.close())
+        self._open: LRU[tuple, OpenImage] = LRU(capacity, close=lambda im: im.source.close())
 
     def open(self, ref: ImageRef) -> OpenImage:
         image = self._open.get(ref.key)
@@ -49,6 +51,3 @@ class ImageStore:
             log.debug("opened %s (%dx%dx%d, BITPIX %d)", ref.path, fits_image.width,
                       fits_image.height, fits_image.channels, fits_image.bitpix)
         return image
-
-    def clear(self) -> None:
-        self._open.clear()

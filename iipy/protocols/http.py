@@ -8,10 +8,17 @@ the two CORS lines are on every response, not only on the text ones.
 
 from __future__ import annotations
 
+import datetime
 import email.utils
+import logging
 from dataclasses import dataclass
 
+from iipy.errors import (CompressedFile, IIPError, IIPyError, ImageNotFound, InternalRequestError,
+                         InvalidArgument, NoSuchHDU, NotAnImage, NotModified, OutOfRange,
+                         PyramidUnavailable, UnreadableImage)
 from iipy.settings import Settings
+
+log = logging.getLogger(__name__)
 
 Headers = tuple[tuple[str, str], ...]
 
@@ -69,6 +76,20 @@ class Response:
 def http_date(timestamp: float) -> str:
     """``Sat, 21 Nov 2026 05:31:43 GMT``."""
     return email.utils.formatdate(int(timestamp), usegmt=True)
+
+
+def parse_http_date(value: str) -> float | None:
+    """An If-Modified-Since value as a Unix time, or None when it cannot be read (the
+    header is then ignored, docs/protocol.md §8.6)."""
+    try:
+        parsed = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if parsed is None:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=datetime.timezone.utc)
+    return parsed.timestamp()
 
 
 class Responder:
@@ -135,10 +156,10 @@ class Responder:
 
     # --- errors -------------------------------------------------------------------------
 
-    def iip_error(self, lines: list[tuple[str, str]]) -> Response:
+    def iip_error(self, errors: list[IIPError]) -> Response:
         """One ``Error/<n>:<code> <arg>`` line per error; each line is cut after 31
         characters while ``<n>`` counts the whole text (iipsrv's 32-byte buffer)."""
-        body = b"".join(_error_line(code, arg) for code, arg in lines)
+        body = b"".join(_error_line(exc.code, exc.argument) for exc in errors)
         headers = [self.server, ("Cache-Control", "no-cache"),
                    ("Content-Type", "application/vnd.netfpx")]
         headers.extend(self.cors)
@@ -196,3 +217,40 @@ def _error_line(code: str, arg: str) -> bytes:
     raw = text.encode("utf-8", "surrogateescape")
     line = b"Error/%d:" % len(raw) + raw
     return line[:31] + b"\r\n"
+
+
+# ---- the error table ------------------------------------------------------------------
+
+#: Status of each error class answered with a short text (file errors are 404s, as every
+#: read failure is in iipsrv; argument errors 400s).  Looked up along the class's MRO.
+ERROR_STATUS: dict[type[IIPyError], str] = {
+    ImageNotFound: "404 Not Found",
+    NoSuchHDU: "404 Not Found",
+    UnreadableImage: "404 Not Found",
+    OutOfRange: "404 Not Found",
+    PyramidUnavailable: "404 Not Found",
+    CompressedFile: "400 Bad Request",
+    InvalidArgument: "400 Bad Request",
+}
+
+
+def error_response(responder: Responder, exc: IIPyError, query: str) -> Response:
+    """The one place where an error becomes a response (and a log line).
+
+    IIP errors give ``Error/...`` lines, NotModified iipsrv's 304, the errors for which
+    iipsrv raises a bare exception (and unsupported files) its HTML page with status 400,
+    and every class of ``ERROR_STATUS`` its status with ``str(exc)`` as the body."""
+    if isinstance(exc, NotModified):
+        return responder.not_modified()
+    if isinstance(exc, IIPError):
+        return responder.iip_error([exc])
+    if isinstance(exc, (InternalRequestError, NotAnImage)):
+        log.warning("400: %s [%s]", exc.message, query)
+        return responder.advert()
+    for cls in type(exc).__mro__:
+        status = ERROR_STATUS.get(cls)  # type: ignore[call-overload]
+        if status is not None:
+            log.warning("%s: %s [%s]", status, exc.message, query)
+            return responder.http_error(status, exc.message)
+    log.error("no response defined for %s: %s [%s]", type(exc).__name__, exc.message, query)
+    return responder.internal_error()

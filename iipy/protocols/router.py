@@ -13,14 +13,13 @@ import logging
 import time
 from typing import Callable
 
-from iipy.protocols.iip import commands
-from iipy.protocols.iip import parser
 from iipy.cache import build_cache
-from iipy.protocols.iip.commands import Context
-from iipy.errors import HTTPError, InternalRequestError, NotModified
-from iipy.protocols.http import Responder, Response
-from iipy.settings import Settings
+from iipy.errors import IIPyError
 from iipy.imaging.store import ImageStore
+from iipy.protocols.http import Responder, Response, error_response, parse_http_date
+from iipy.protocols.iip import commands, parser
+from iipy.protocols.iip.context import Context
+from iipy.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -75,18 +74,12 @@ class Application:
         cache = self.cache
         cache.begin_request()
         ctx = Context(self.settings, self.responder, self.store,
-                      if_modified_since=commands.parse_http_date(ims) if ims else None,
+                      if_modified_since=parse_http_date(ims) if ims else None,
                       cache=cache)
         try:
             response = commands.run(request, ctx)
-        except NotModified:
-            response = self.responder.not_modified()
-        except HTTPError as exc:
-            log.warning("%s: %s [%s]", exc.status, exc.message, query)
-            response = self.responder.http_error(exc.status, exc.message)
-        except InternalRequestError as exc:
-            log.warning("400: %s [%s]", exc, query)
-            response = self.responder.advert()
+        except IIPyError as exc:
+            response = error_response(self.responder, exc, query)
         except Exception:
             log.exception("unhandled error for %r", query)
             response = self.responder.internal_error()

@@ -14,8 +14,7 @@ import pytest
 from astropy.io import fits
 from PIL import Image
 
-from iipy.protocols.iip import commands
-from iipy.protocols.iip import parser
+from iipy.protocols.iip import commands, export, parser, tiles, values
 from iipy.imaging import render
 from iipy.protocols.router import Application
 from iipy.protocols.iip.commands import Context
@@ -149,10 +148,10 @@ def test_cvt_headers_and_file_names(env):
 
 
 def test_export_file_name_cannot_break_the_header():
-    name = commands.export_filename('a"b\r\nX-Evil: 1\\.fits', ".jpg")
+    name = export.export_filename('a"b\r\nX-Evil: 1\\.fits', ".jpg")
     assert name == "a_b__X-Evil: 1_.jpg"
-    assert commands.export_filename("dir/x.y.fits[2]", ".png") == "x.y.png"
-    assert commands.export_filename("caf\xe9.fits", ".jpg") == "caf\xc3\xa9.jpg"  # UTF-8 bytes
+    assert export.export_filename("dir/x.y.fits[2]", ".png") == "x.y.png"
+    assert export.export_filename("caf\xe9.fits", ".jpg") == "caf\xc3\xa9.jpg"  # UTF-8 bytes
 
 
 @pytest.mark.parametrize("interpolation", [1, 0])
@@ -426,7 +425,7 @@ def test_til_framing_and_order(grey):
 def test_til_is_limited(env, monkeypatch):
     data = smooth(W, H)
     app = env({"g.fits": [fits.PrimaryHDU(data)]}, IIPY_TILE_SIZE=16)
-    monkeypatch.setattr(commands, "TIL_MAX_TILES", 10)
+    monkeypatch.setattr(tiles, "TIL_MAX_TILES", 10)
     r = get(app, "FIF=g.fits&TIL=6,0-99999", 404)
     r = get(app, "FIF=g.fits&TIL=6,0-300", 400)
     assert r.body.startswith(b"TIL :: Error: ")
@@ -458,7 +457,7 @@ def test_pfl_visiomatic_forms_and_errors(env, monkeypatch):
                         ("PFL=1:0,0", b"resolution 1 outside 0-0"), ("PFL=junk", b"expected")]:
         r = get(app, "FIF=p.fits&" + query, 400)
         assert r.body.startswith(b"PFL :: Error: ") and text in r.body, r.body
-    monkeypatch.setattr(commands, "PFL_MAX_VALUES", 5)
+    monkeypatch.setattr(values, "PFL_MAX_VALUES", 5)
     assert get(app, "FIF=p.fits&PFL=0:0,0-5,0").status == 200
     r = get(app, "FIF=p.fits&PFL=0:0,0-6,0", 400)
     assert r.body == b"PFL :: Error: 6 values requested, at most 5"
@@ -524,7 +523,7 @@ def test_sequence_views_and_sds(sequence, env):
     body = get(app, "FIF=seq&SPECTRA=0,0,1,1").body
     assert body.count(b"<point>") == 3 and b"<wavelength>20</wavelength>" in body
     with pytest.MonkeyPatch.context() as mp:  # more views than a request may read
-        mp.setattr(commands, "MAX_VIEWS", 2)
+        mp.setattr(values, "MAX_VIEWS", 2)
         assert get(app, "FIF=seq&PFL=0:1,1-3,1", 400).body == \
             b"3 views in the sequence, at most 2 are read per request"
     # a custom FILENAME_PATTERN, and a sequence in a subdirectory

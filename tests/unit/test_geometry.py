@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from iipy.imaging.geometry import Grid, TileOutOfRange, Window, num_resolutions
+from iipy.errors import OutOfRange
+from iipy.imaging.geometry import Grid, Window, num_resolutions
 
 
 @pytest.mark.parametrize("w,h,r", [
@@ -36,13 +37,13 @@ def test_tile_grid_1025_matches_client_floor_grid():
     # level 1 is 512x256: exactly 2x1 tiles (a ceil pyramid would have 3 columns)
     assert g.tiles_across(1) == (2, 1)
     assert g.tile_window(1, 1) == (1, Window(256, 0, 256, 256))
-    with pytest.raises(TileOutOfRange):
+    with pytest.raises(OutOfRange):
         g.tile_window(1, 2)
 
 
 @pytest.mark.parametrize("res,tile", [(3, 0), (-1, 0), (2, 12), (0, 1), (2, -1)])
 def test_out_of_range(res, tile):
-    with pytest.raises(TileOutOfRange):
+    with pytest.raises(OutOfRange):
         Grid(1001, 701, 256, 256).tile_window(res, tile)
 
 

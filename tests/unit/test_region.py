@@ -155,12 +155,6 @@ def test_read_level_follows_the_output_not_the_request():
     assert e.out_h == 5000 and e.h < 2 * 5000 + 2
 
 
-def test_rotation_swaps_sides():
-    assert region.rotated(100, 70, 90) == (70, 100)
-    assert region.rotated(100, 70, 270) == (70, 100)
-    assert region.rotated(100, 70, 180) == (100, 70)
-
-
 def test_c_round_and_c_int():
     assert [region.c_round(v) for v in (0.5, 1.5, 2.5, -0.5, 175.5, 0.49999)] == [1, 2, 3, -1, 176, 0]
     assert parser.c_int("100000000000") == 1215752192  # glibc: low 32 bits

@@ -11,31 +11,24 @@ is the *last* FITS row (y = NAXIS2).  Every window this module returns is in IIP
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 from astropy.io import fits
 
 from iipy.imaging import kernels
-from iipy.errors import BadArgument, FileNotFound, InternalRequestError
+from iipy.errors import (CompressedFile, ImagingError, NoSuchHDU, NotAnImage,
+                         UnreadableImage)
 from iipy.imaging.paths import ImageRef
+from iipy.imaging.source import DisplayRange
 
 log = logging.getLogger(__name__)
-
-
-class UnsupportedFile(InternalRequestError):
-    """Not a FITS file: iipsrv answers unsupported types with its HTML page (400)."""
-
-
-@dataclass(frozen=True, slots=True)
-class DisplayRange:
-    lo: float
-    hi: float
 
 
 def is_fits(head: bytes) -> bool:
@@ -105,7 +98,7 @@ def _planes_of(hdu, fif: str) -> list[Plane]:
                       bscale, bzero, blank) for c in range(channels)]
     data = hdu.data
     if data is None:
-        raise FileNotFound("No image data in '%s'" % fif)
+        raise NoSuchHDU("No image data in '%s'" % fif)
     start = hdu.fileinfo()["datLoc"] if hdu.fileinfo() else None
     plane_bytes = data.shape[-1] * data.shape[-2] * data.dtype.itemsize
     if naxis == 2:
@@ -126,16 +119,16 @@ class FitsImage:
             with open(ref.path, "rb") as f:
                 head = f.read(80)
         except OSError:
-            raise FileNotFound("Unable to open file '%s'" % ref.fif) from None
+            raise UnreadableImage("Unable to open file '%s'" % ref.fif) from None
         if len(head) < 10:
-            raise FileNotFound("Unable to read initial byte sequence from file '%s'" % ref.fif)
+            raise UnreadableImage("Unable to read initial byte sequence from file '%s'" % ref.fif)
         if head[:2] == b"\x1f\x8b":
-            raise BadArgument(
+            raise CompressedFile(
                 "%s is gzip-compressed: decompress it (gunzip) or tile-compress it "
                 "(fpack) to serve it" % ref.fif
             )
         if not is_fits(head):
-            raise UnsupportedFile("%s: unsupported file type" % ref.fif)
+            raise NotAnImage("%s: unsupported file type" % ref.fif)
         self._hdul = None
         try:
             self._hdul = fits.open(ref.path, memmap=True, do_not_scale_image_data=True,
@@ -149,19 +142,18 @@ class FitsImage:
                 self._hdul = fits.open(ref.path, mode="readonly")
                 hdus = [self._hdul[i] for i in indexes]
             self._planes = [p for h in hdus for p in _planes_of(h, ref.fif)]
-        except FileNotFound:
+        except ImagingError:
             self.close()
             raise
         except Exception as exc:  # astropy raises many types for damaged files
             self.close()
             log.warning("cannot read %s: %s", ref.path, exc)
-            raise FileNotFound("Unable to read FITS file '%s'" % ref.fif) from None
+            raise UnreadableImage("Unable to read FITS file '%s'" % ref.fif) from None
         self._hdu = hdus[0]
         hdr = self._hdu.header
         self.width = int(hdr["NAXIS1"])
         self.height = int(hdr["NAXIS2"])
         self.channels = len(self._planes)
-        self.compressed = isinstance(self._hdu, fits.CompImageHDU)
         bitpixes = [int(h.header["BITPIX"]) for h in hdus]
         self.bitpix = min(bitpixes) if min(bitpixes) < 0 else max(bitpixes)
         self.is_float = self.bitpix < 0 or any(
@@ -180,9 +172,10 @@ class FitsImage:
              out: np.ndarray | None = None) -> np.ndarray:
         """Full-resolution window (IIP coordinates) of one channel as float32 (h, w)."""
         plane = self._planes[channel]
-        raw = plane.window(self.height - y - h, h, x, w)
-        return kernels.to_float32(raw, plane.bscale, plane.bzero, plane.blank, flip=True,
-                                  out=out)
+        with self._reading():
+            raw = plane.window(self.height - y - h, h, x, w)
+            return kernels.to_float32(raw, plane.bscale, plane.bzero, plane.blank, flip=True,
+                                      out=out)
 
     def read_rows(self, channel: int, y: int, h: int, out: np.ndarray | None = None,
                   scratch: bytearray | None = None) -> np.ndarray:
@@ -190,11 +183,12 @@ class FitsImage:
         float32 (h, W), read from the file rather than through the memory map; ``out``
         and ``scratch`` let a long sequence of reads reuse its buffers."""
         plane = self._planes[channel]
-        if self._fd is None:
-            self._fd = os.open(self.ref.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        raw = plane.rows(self._fd, self.height - y - h, h, scratch)
-        return kernels.to_float32(raw, plane.bscale, plane.bzero, plane.blank, flip=True,
-                                  out=out)
+        with self._reading():
+            if self._fd is None:
+                self._fd = os.open(self.ref.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            raw = plane.rows(self._fd, self.height - y - h, h, scratch)
+            return kernels.to_float32(raw, plane.bscale, plane.bzero, plane.blank, flip=True,
+                                      out=out)
 
     def values(self, x: int, y: int, w: int, h: int) -> np.ndarray:
         """Calibrated values (raw * BSCALE + BZERO, BLANK as NaN) of a full-resolution
@@ -203,12 +197,25 @@ class FitsImage:
         top = self.height - y - h
         out = np.empty((self.channels, h, w), np.float64)
         for c, plane in enumerate(self._planes):
-            raw = np.asarray(plane.window(top, h, x, w))[::-1]
+            with self._reading():
+                raw = np.asarray(plane.window(top, h, x, w))[::-1]
             vals = raw.astype(np.float64)
             if plane.blank is not None:
                 vals[raw == plane.blank] = np.nan
             out[c] = vals * plane.bscale + plane.bzero
         return out
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Any failure to read samples (a truncated file, a damaged compressed tile:
+        astropy and the system raise many types) is an unreadable image."""
+        try:
+            yield
+        except ImagingError:
+            raise
+        except Exception as exc:
+            log.warning("cannot read %s: %s: %s", self.ref.path, type(exc).__name__, exc)
+            raise UnreadableImage("Unable to read data of '%s'" % self.ref.fif) from None
 
     @property
     def header(self):
@@ -224,6 +231,17 @@ class FitsImage:
                                            self.channels, self.labels)
         return self._subject
 
+    def metadata(self, name: str) -> str:
+        """An OBJ metadata object: ``subject`` is the header, the others come from the
+        first of their FITS keywords that holds a non-empty string."""
+        if name == "subject":
+            return self.subject()
+        for key in METADATA_KEYWORDS.get(name, ()):
+            value = self._hdu.header.get(key)
+            if isinstance(value, str) and value.strip():
+                return value.strip()
+        return ""
+
     def close(self) -> None:
         fd = getattr(self, "_fd", None)
         if fd is not None:
@@ -236,6 +254,16 @@ class FitsImage:
             except Exception:  # pragma: no cover - closing a damaged file
                 pass
             self._hdul = None
+
+
+#: IIP metadata object -> the FITS keywords that can supply it, first present wins.
+METADATA_KEYWORDS = {
+    "copyright": ("COPYRIGHT",),
+    "title": ("OBJECT", "TITLE"),
+    "author": ("AUTHOR", "OBSERVER"),
+    "create-dtm": ("DATE",),
+    "app-name": ("CREATOR", "SOFTWARE", "PROGRAM"),
+}
 
 
 def _is_image(hdu) -> bool:
@@ -252,11 +280,11 @@ def _select_hdus(hdul, selector: str) -> list:
         for hdu in hdul:
             if _is_image(hdu):
                 return [hdu]
-        raise FileNotFound("No image HDU in file")
+        raise NoSuchHDU("No image HDU in file")
     if selector == "*":
         images = [h for h in hdul if _is_image(h) and h.header["NAXIS"] == 2]
         if not images:
-            raise FileNotFound("No 2-D image HDU in file")
+            raise NoSuchHDU("No 2-D image HDU in file")
         size = (images[0].header["NAXIS1"], images[0].header["NAXIS2"])
         return [h for h in images if (h.header["NAXIS1"], h.header["NAXIS2"]) == size]
     try:
@@ -266,9 +294,9 @@ def _select_hdus(hdul, selector: str) -> list:
             name, _, ver = selector.partition(",")
             hdu = hdul[(name.strip(), int(ver))] if ver.strip() else hdul[name.strip()]
     except (KeyError, IndexError, ValueError):
-        raise FileNotFound("No extension [%s] in file" % selector) from None
+        raise NoSuchHDU("No extension [%s] in file" % selector) from None
     if not _is_image(hdu):
-        raise FileNotFound("Extension [%s] is not an image" % selector)
+        raise NoSuchHDU("Extension [%s] is not an image" % selector)
     return [hdu]
 
 

@@ -15,16 +15,6 @@ from dataclasses import dataclass
 
 from iipy.settings import atof, atoi
 
-#: Commands that only change per-request state.
-MODIFIERS = frozenset(
-    "fif qlt sds minmax cnt gam wid hei rgn rot shd cmp inv lyr ctw col icc".split()
-)
-#: Commands that write a whole response.
-OUTPUTS = frozenset("jtl jtls til cvt pfl spectra zoomify deepzoom iiif".split())
-#: Every command name iipy knows (lower case).
-KNOWN = MODIFIERS | OUTPUTS | {"obj"}
-
-
 @dataclass(frozen=True, slots=True)
 class Command:
     name: str  # lower case

@@ -1,0 +1,61 @@
+"""What every image source gives the rest of iipy (docs/protocol.md §4.2).
+
+A source is one image of one file: FITS (``sources/fits.py``) today, pyramidal TIFF
+beside it.  The protocols only ever see this interface, through ``store.OpenImage``;
+which file format sits behind it is the store's business.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from iipy.imaging.paths import ImageRef
+
+
+@dataclass(frozen=True, slots=True)
+class DisplayRange:
+    """The default normalisation range of one channel (Min-Max-sample-values)."""
+
+    lo: float
+    hi: float
+
+
+class ImageSource(Protocol):
+    """One image: its size, channels, sample type, full-resolution windows and header facts.
+
+    Coordinates are IIP's: full resolution, top-left origin, row 0 at the top of the
+    displayed image.
+    """
+
+    ref: ImageRef
+    width: int
+    height: int
+    channels: int
+    #: Bits-per-channel as OBJ reports it (32 for float samples).
+    bits_per_channel: int
+    #: Whether PFL prints values as floats.
+    is_float: bool
+
+    def read(self, channel: int, x: int, y: int, w: int, h: int,
+             out: np.ndarray | None = None) -> np.ndarray:
+        """A full-resolution window of one channel as float32 (h, w)."""
+        ...
+
+    def read_rows(self, channel: int, y: int, h: int, out: np.ndarray | None = None,
+                  scratch: bytearray | None = None) -> np.ndarray:
+        """Whole full-resolution rows [y, y + h) of one channel as float32 (h, width)."""
+        ...
+
+    def values(self, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """The stored values of a full-resolution window, every channel, float64 (C, h, w)."""
+        ...
+
+    def metadata(self, name: str) -> str:
+        """The text of an OBJ metadata object (``subject``, ``copyright``, ``title``,
+        ``author``, ``create-dtm``, ``app-name``...), or "" when the image has none."""
+        ...
+
+    def close(self) -> None: ...

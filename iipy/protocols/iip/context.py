@@ -1,0 +1,87 @@
+"""The state of one IIP request while its commands run, and the response cache it uses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+from iipy.errors import IIPError, ImageUnavailable
+from iipy.imaging import render
+from iipy.imaging.paths import ImageRef
+from iipy.imaging.store import ImageStore, OpenImage
+from iipy.protocols.http import Responder, Response
+from iipy.settings import Settings
+
+
+@dataclass(slots=True)
+class Timings:
+    """Seconds spent per stage of one request (logged at VERBOSITY >= 2)."""
+
+    read: float = 0.0
+    render: float = 0.0
+    encode: float = 0.0
+    cache_hit: bool = False
+
+
+class TileCache(Protocol):
+    """Where finished responses are kept (see ``iipy.cache``)."""
+
+    def get(self, key: tuple) -> bytes | None: ...
+
+    def set(self, key: tuple, value: bytes) -> None: ...
+
+
+class NoCache:
+    def get(self, key: tuple) -> bytes | None:
+        return None
+
+    def set(self, key: tuple, value: bytes) -> None:
+        pass
+
+
+@dataclass(slots=True)
+class Context:
+    """The state of one request while its commands run."""
+
+    settings: Settings
+    responder: Responder
+    store: ImageStore
+    if_modified_since: float | None = None
+    cache: TileCache = field(default_factory=NoCache)
+    image: OpenImage | None = None
+    ref: ImageRef | None = None  # as resolved by FIF (or SDS, for a sequence)
+    view: render.View = field(default_factory=render.View)
+    width: int = 0
+    height: int = 0
+    region: tuple[float, float, float, float] | None = None
+    rotation: int = 0
+    mirror: bool = False
+    protocol_line: bool = False
+    lines: list[str] = field(default_factory=list)
+    errors: list[IIPError] = field(default_factory=list)
+    output: Response | None = None
+    timings: Timings = field(default_factory=Timings)
+
+    def require_image(self, argument: str = "") -> OpenImage | None:
+        if self.image is None:
+            self.errors.append(ImageUnavailable(argument))
+        return self.image
+
+    def cached(self, key: tuple, produce: Callable[[], Response]) -> Response:
+        """The response for ``key`` from the cache, or ``produce()`` stored there.
+
+        ``key`` must hold everything that changes the bytes besides the settings: the
+        output command and its arguments, the image identity, the view."""
+        raw = self.cache.get(key)
+        if raw is not None:
+            self.timings.cache_hit = True
+            return Response.from_bytes(raw)
+        response = produce()
+        if response.cacheable:
+            self.cache.set(key, response.to_bytes())
+        return response
+
+    @property
+    def quality(self) -> int:
+        q = self.view.quality
+        return self.settings.jpeg_quality if q is None else q

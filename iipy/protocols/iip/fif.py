@@ -1,0 +1,33 @@
+"""FIF (open an image, with the If-Modified-Since check) and SDS (choose the view of an
+image sequence): docs/protocol.md §4.1, §5.1, §5.11."""
+
+from __future__ import annotations
+
+from iipy.errors import NotModified
+from iipy.imaging.paths import resolve, sequence_ref
+from iipy.protocols.iip import parser
+from iipy.protocols.iip.context import Context
+from iipy.protocols.iip.parser import Command
+
+def cmd_fif(ctx: Context, cmd: Command) -> None:
+    ref = resolve(cmd.arg, ctx.settings)
+    if ctx.if_modified_since is not None and ref.mtime <= ctx.if_modified_since:
+        raise NotModified()
+    ctx.image = ctx.store.open(ref)
+    ctx.ref = ref
+
+
+def open_view(ctx: Context, horizontal: int, vertical: int) -> None:
+    """Make the file of the current sequence at these view angles the image (SDS,
+    JTLS); single files have one view and ignore the angles."""
+    ref = ctx.ref
+    if ref is None or ref.sequence is None or ref.angles == (horizontal, vertical):
+        return
+    new = sequence_ref(ref.fif, ref.selector, ref.sequence, horizontal, vertical,
+                       ctx.settings)
+    ctx.image = ctx.store.open(new)
+    ctx.ref = new
+
+
+def cmd_sds(ctx: Context, cmd: Command) -> None:
+    open_view(ctx, *parser.sds(cmd.arg))
