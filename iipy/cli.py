@@ -61,16 +61,16 @@ def cmd_settings(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from iipy.viewer import serve
+    from iipy.viewer import command
 
-    return serve.main(args)
+    return command.main(args)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="iipy", description="IIP image server for FITS files")
     parser.add_argument("--version", action="version", version="iipy " + __version__)
     sub = parser.add_subparsers(dest="command")
-    from iipy.viewer.serve import add_arguments as serve_arguments
+    from iipy.viewer.command import add_arguments as serve_arguments
 
     p = sub.add_parser("serve", help="serve FITS files or folders with a viewer page on "
                        "127.0.0.1 (no web server needed)",

@@ -457,34 +457,6 @@ def lut_upper_exponent(gamma: float, contrast: float, cmap: int) -> int | None:
     return None
 
 
-def _gamma_with_table(v: np.ndarray, gamma: float, e_hi: int) -> np.ndarray:
-    """max(v, 0)**gamma computed as render's GAM step with the table up to 2**e_hi (for tests)."""
-    if _ck is None:
-        raise RuntimeError("iipy._kernels is not built")
-    out = np.array(v, dtype=np.float32, order="C").reshape(-1)
-    g32 = float(np.float32(gamma))
-    _ck.gamma_inplace(out, g32, _gamma_lut(g32), _LUT_LO, float(2.0**e_hi))
-    return out.reshape(np.shape(v))
-
-
-def _finish(v: np.ndarray, cmap: int, contrast: float, scalar: bool = False) -> np.ndarray:
-    """Render's CMP and quantisation applied to raw float32 values (for tests).
-
-    With scalar=True each value goes through the kernel alone (the one-pixel code path)."""
-    if _ck is None:
-        raise RuntimeError("iipy._kernels is not built")
-    a = np.ascontiguousarray(v, dtype=np.float32).reshape(-1)
-    nb = 3 if cmap != CMAP_NONE else 1
-    out = np.empty(a.size * nb, dtype=np.uint8)
-    c32 = float(np.float32(contrast))
-    if scalar:
-        for i in range(a.size):
-            _ck.finish_row(a[i : i + 1], cmap, c32, out[i * nb : (i + 1) * nb])
-    else:
-        _ck.finish_row(a, cmap, c32, out)
-    return out.reshape(a.size, nb) if nb == 3 else out
-
-
 # --------------------------------------------------------------------------------------------
 # Public kernels
 # --------------------------------------------------------------------------------------------

@@ -34,13 +34,10 @@ QUERY_STRING is one character of the ``str`` the handler receives.
 
 from __future__ import annotations
 
-import errno
 import functools
 import logging
-import os
 import select
 import socket
-import stat
 import struct
 import sys
 import time
@@ -48,6 +45,8 @@ from typing import Any, Callable, NoReturn
 
 from flup.server import fcgi_base as flup
 
+from iipy.server import sockets
+from iipy.server.cgi import INTERNAL_ERROR
 from iipy.server.prefork import Supervisor, WorkerContext
 from iipy.settings import atoi
 
@@ -60,14 +59,6 @@ HandlerFactory = Callable[[], Handler]
 DEFAULT_BACKLOG = 2048
 #: iipsrv 1.1 exits with this status when bind() or listen() fails (iip-protocol.md §2.1).
 BIND_FAILURE_STATUS = 22
-#: What the client gets when the handler raises; the traceback only goes to the log.
-INTERNAL_ERROR = (
-    b"Status: 500 Internal Server Error\r\n"
-    b"Content-Type: text/plain\r\n"
-    b"Content-Length: 21\r\n"
-    b"\r\n"
-    b"Internal Server Error"
-)
 #: Largest FCGI_STDOUT content per record: a multiple of 8 below 65535, so full
 #: records need no padding.
 MAX_RECORD_CONTENT = 65528
@@ -106,21 +97,21 @@ def listener_from_argv(argv: list[str], settings: Any) -> tuple[socket.socket, s
         address = argv[2]
         backlog = _backlog_from_argv(argv)
         try:
-            sock = bind_listener(address, backlog, settings.socket_mode)
-        except _UnknownHost as exc:
+            sock = sockets.bind_listener(address, backlog, settings.socket_mode)
+        except sockets.UnknownHost as exc:
             _fail(str(exc), 1)
         except (OSError, OverflowError) as exc:
             reason = getattr(exc, "strerror", None) or str(exc)
             _fail("bind/listen: %s" % reason, BIND_FAILURE_STATUS)
         return sock, "Running in standalone mode on socket: %s with backlog: %d" % (
             address, backlog)
-    inherited = inherited_listener()
+    inherited = sockets.inherited_listener()
     if inherited is None:
         log.error("CGI-only mode detected")
         sys.exit(1)
     return inherited, (
         "Running in FastCGI mode on the socket inherited on file descriptor 0 (%s)"
-        % _describe_local(inherited))
+        % sockets.describe_local(inherited))
 
 
 def _backlog_from_argv(argv: list[str]) -> int:
@@ -136,108 +127,6 @@ def _fail(message: str, status: int) -> NoReturn:
     """The start-up error contract of libfcgi: one line on stderr, then exit."""
     print(message, file=sys.stderr, flush=True)
     sys.exit(status)
-
-
-class _UnknownHost(Exception):
-    pass
-
-
-def parse_bind_address(text: str) -> tuple[str, int] | str:
-    """libfcgi's reading of a bind address: ``(host, port)`` for TCP, else a unix path.
-
-    The text is split at its first ``:``; if what follows parses (C ``atoi``) to a
-    non-zero port it is TCP, otherwise the whole text is a unix socket path.  An
-    empty host or ``*`` means every interface.
-    """
-    host, colon, port_text = text.partition(":")
-    port = atoi(port_text) if colon else 0
-    if not port:
-        return text
-    return ("0.0.0.0" if host in ("", "*") else host), port
-
-
-def bind_listener(address: str, backlog: int, socket_mode: int) -> socket.socket:
-    """A listening socket on ``address`` (see :func:`parse_bind_address`); OSError on failure."""
-    target = parse_bind_address(address)
-    if isinstance(target, str):
-        return _bind_unix(target, backlog, socket_mode)
-    host, port = target
-    return _bind_tcp(_resolve_ipv4(host), port, backlog)
-
-
-def _resolve_ipv4(host: str) -> str:
-    """The one IPv4 address of ``host`` (libfcgi refuses names with several)."""
-    try:
-        infos = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)
-    except socket.gaierror:
-        raise _UnknownHost("Unknown host: %s" % host) from None
-    addresses = sorted({info[4][0] for info in infos})
-    if len(addresses) != 1:
-        raise _UnknownHost("Host %s has %d addresses: choose one explicitly"
-                           % (host, len(addresses)))
-    return str(addresses[0])
-
-
-def _bind_tcp(ip: str, port: int, backlog: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((ip, port))
-        sock.listen(backlog)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def _bind_unix(path: str, backlog: int, socket_mode: int) -> socket.socket:
-    """Bind a unix socket, replacing a stale one, with ``socket_mode`` permissions.
-
-    Only an existing *socket* is removed (libfcgi unlinks whatever is there); a
-    regular file at that path makes bind() fail instead of being deleted.  The mode
-    is set before listen(), so nobody can connect while it is still the umask's.
-    """
-    try:
-        if stat.S_ISSOCK(os.lstat(path).st_mode):
-            os.unlink(path)
-    except FileNotFoundError:
-        pass
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.bind(path)
-        os.chmod(path, socket_mode)
-        sock.listen(backlog)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def inherited_listener() -> socket.socket | None:
-    """The listening socket on fd 0, or None when fd 0 is not one (CGI-only mode).
-
-    libfcgi's test: ``getpeername()`` failing with ENOTCONN means an unconnected
-    (listening) socket; a tty, a pipe, /dev/null (ENOTSOCK) or a connected socket
-    do not qualify.
-    """
-    try:
-        sock = socket.socket(fileno=flup.FCGI_LISTENSOCK_FILENO)
-    except OSError:
-        return None
-    try:
-        sock.getpeername()
-    except OSError as exc:
-        if exc.errno == errno.ENOTCONN and sock.type == socket.SOCK_STREAM:
-            return sock
-    sock.detach()  # leave fd 0 alone
-    return None
-
-
-def _describe_local(sock: socket.socket) -> str:
-    name = sock.getsockname()
-    if isinstance(name, tuple):
-        return "%s:%d" % (name[0], name[1])
-    return "unix:%s" % (name.decode(errors="replace") if isinstance(name, bytes) else name)
 
 
 # ---- records ---------------------------------------------------------------------------
@@ -564,11 +453,6 @@ def _reason(exc: BaseException) -> str:
 # ---- the worker loop ------------------------------------------------------------------
 
 
-def _allowed_peers(text: str) -> frozenset[str]:
-    """FCGI_WEB_SERVER_ADDRS: comma-separated IPv4 addresses; empty allows everyone."""
-    return frozenset(part.strip() for part in text.split(",") if part.strip())
-
-
 class _Worker:
     """Accept connections and answer their requests, one at a time, until told to stop."""
 
@@ -577,7 +461,7 @@ class _Worker:
         self._listener = listener
         self._ctx = ctx
         self._responder = _Responder(handler, ctx)
-        self._allowed = _allowed_peers(settings.fcgi_web_server_addrs or "")
+        self._allowed = sockets.allowed_peers(settings.fcgi_web_server_addrs or "")
         # Shorter than the supervisor's timeout: a stalled peer costs its connection,
         # not the whole worker.
         self._io_timeout = max(0.5, float(settings.timeout) / 2.0)
@@ -620,19 +504,10 @@ class _Worker:
                 self._conns.pop(conn.fd, None)
 
     def _accept(self) -> None:
-        try:
-            sock, addr = self._listener.accept()
-        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-            return  # another worker was faster, or the peer gave up
-        except OSError as exc:
-            log.error("accept failed: %s", _reason(exc))
+        accepted = sockets.accept(self._listener, self._allowed)
+        if accepted is None:
             return
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            if self._allowed and addr[0] not in self._allowed:
-                log.warning("refusing connection from %s: not in FCGI_WEB_SERVER_ADDRS", addr[0])
-                sock.close()
-                return
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock, addr = accepted
         sock.settimeout(self._io_timeout)
         conn = _Connection(sock, addr, self._responder)
         self._conns[conn.fd] = conn

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from iipy.viewer import serve
+from iipy.server import cgi
+from iipy.viewer import assets, catalogue, command, frontend
+from iipy.viewer.progress import Progress
 from iipy.protocols.iip.parser import url_decode
 
 
@@ -28,9 +30,9 @@ def folders(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_one_folder_passes_requests_through(folders) -> None:
     a, _ = folders
-    roots = serve.build_roots([str(a)])
-    assert roots == [serve.Root("", str(a.resolve()), None)]
-    cat = serve.Catalogue(roots)
+    roots = catalogue.build_roots([str(a)])
+    assert roots == [catalogue.Root("", str(a.resolve()), None)]
+    cat = catalogue.Catalogue(roots)
     query = "FIF=../x.fits&obj=IIP,1.0"
     assert cat.route(query) == (0, query)  # confinement is the application's (prefix)
     images, truncated = cat.images()
@@ -40,22 +42,23 @@ def test_one_folder_passes_requests_through(folders) -> None:
 
 def test_files_let_only_themselves_through(folders) -> None:
     a, _ = folders
-    cat = serve.Catalogue(serve.build_roots([str(a / "x.fits"), f"{a}/y.fit[1]"]))
+    cat = catalogue.Catalogue(catalogue.build_roots([str(a / "x.fits"), f"{a}/y.fit[1]"]))
     assert [i["fif"] for i in cat.images()[0]] == ["x.fits", "y.fit[1]"]
     assert cat.route("FIF=x.fits&JTL=0,0") == (0, "FIF=x.fits&JTL=0,0")
     assert cat.route("FIF=y.fit[2]&obj=max-size")[1] == "FIF=y.fit[2]&obj=max-size"
     assert cat.route("fif=%78.fits&JTL=0,0") == (0, "fif=x.fits&JTL=0,0")
     for refused in ("FIF=notes.txt", "FIF=sub/deep.fts", "FIF=./x.fits", "FIF=/etc/passwd",
-                    "FIF=x.fits&FIF=notes.txt", "FIF=x.fits&IIIF=notes.txt/info.json"):
+                    "FIF=x.fits&FIF=notes.txt", "FIF=x.fits&IIIF=notes.txt/info.json",
+                    "FIF", "FIF=x.fits&FIF", "FIF=x.fits&fIf"):
         assert cat.route(refused + "&obj=max-size") is None, refused
     assert cat.route("FIF=....//x.fits&JTL=0,0") is not None  # iipsrv's ../ removal: x.fits
 
 
 def test_several_folders_get_labels(folders) -> None:
     a, b = folders
-    roots = serve.build_roots([str(b), str(a), str(a / "x.fits")])
+    roots = catalogue.build_roots([str(b), str(a), str(a / "x.fits")])
     assert [(r.label, r.files) for r in roots] == [("a", None), ("data", None)]
-    cat = serve.Catalogue(roots)
+    cat = catalogue.Catalogue(roots)
     fifs = [i["fif"] for i in cat.images()[0]]
     assert fifs == ["a/x.fits", "a/y.fit", "a/sub/deep.fts", "data/x.fits", "data/z.fits.fz"]
     assert cat.route("FIF=data/x.fits&JTL=0,0") == (1, "FIF=x.fits&JTL=0,0")
@@ -75,9 +78,9 @@ def test_links(folders, tmp_path: Path) -> None:
     (tmp_path / "link.fits").symlink_to(b / "x.fits")
     (a / "out.fits").symlink_to(b / "z.fits.fz")
     (a / "in.fits").symlink_to(a / "x.fits")
-    roots = serve.build_roots([str(tmp_path / "link.fits")])
-    assert roots == [serve.Root("", str(b.resolve()), frozenset({"x.fits"}))]
-    names = [i["fif"] for i in serve.Catalogue(serve.build_roots([str(a)])).images()[0]]
+    roots = catalogue.build_roots([str(tmp_path / "link.fits")])
+    assert roots == [catalogue.Root("", str(b.resolve()), frozenset({"x.fits"}))]
+    names = [i["fif"] for i in catalogue.Catalogue(catalogue.build_roots([str(a)])).images()[0]]
     assert "in.fits" in names and "out.fits" not in names
 
 
@@ -85,43 +88,43 @@ def test_same_folder_names_are_told_apart(tmp_path: Path) -> None:
     one, two = tmp_path / "1" / "data", tmp_path / "2" / "data"
     one.mkdir(parents=True)
     two.mkdir(parents=True)
-    assert [r.label for r in serve.build_roots([str(one), str(two)])] == ["data", "data-2"]
+    assert [r.label for r in catalogue.build_roots([str(one), str(two)])] == ["data", "data-2"]
 
 
 def test_missing_paths_are_errors(tmp_path: Path) -> None:
-    with pytest.raises(serve.ServeError, match="no such file or folder"):
-        serve.build_roots([str(tmp_path / "nope.fits")])
-    with pytest.raises(serve.ServeError):
-        serve.build_roots([str(tmp_path / "nope.fits[1]")])
+    with pytest.raises(catalogue.ServeError, match="no such file or folder"):
+        catalogue.build_roots([str(tmp_path / "nope.fits")])
+    with pytest.raises(catalogue.ServeError):
+        catalogue.build_roots([str(tmp_path / "nope.fits[1]")])
 
 
 def test_parse_cgi_turns_status_into_http() -> None:
     raw = b"Status: 404 Not Found\r\nServer: iipy\r\nContent-Length: 3\r\n\r\nabc"
-    assert serve.parse_cgi(raw) == (404, [("Server", "iipy"), ("Content-Length", "3")], b"abc")
-    assert serve.parse_cgi(b"Content-Type: text/plain\r\n\r\nok") == (
+    assert cgi.parse_cgi(raw) == (404, [("Server", "iipy"), ("Content-Length", "3")], b"abc")
+    assert cgi.parse_cgi(b"Content-Type: text/plain\r\n\r\nok") == (
         200, [("Content-Type", "text/plain")], b"ok")
-    assert serve.parse_cgi(b"Status: 304 Not Modified\r\n\r\n")[0] == 304
+    assert cgi.parse_cgi(b"Status: 304 Not Modified\r\n\r\n")[0] == 304
 
 
 def test_settings_for_a_laptop() -> None:
-    settings = serve.serve_settings({})
+    settings = command.serve_settings({})
     assert settings.logfile == "-" and settings.memcached_servers == ""
-    assert settings.cache_control == "no-cache" and settings.timeout == serve.DEFAULT_TIMEOUT
-    assert 2 <= settings.workers <= serve.DEFAULT_WORKERS
+    assert settings.cache_control == "no-cache" and settings.timeout == command.DEFAULT_TIMEOUT
+    assert 2 <= settings.workers <= command.DEFAULT_WORKERS
     env = {"LOGFILE": "/tmp/x.log", "MEMCACHED_SERVERS": "localhost", "IIPY_WORKERS": "7",
            "IIPY_TIMEOUT": "30", "CACHE_CONTROL": "max-age=60", "URI_MAP": "a=>b"}
-    settings = serve.serve_settings(env)
+    settings = command.serve_settings(env)
     assert (settings.logfile, settings.memcached_servers, settings.workers, settings.timeout,
             settings.cache_control, settings.uri_map) == (
         "/tmp/x.log", "localhost", 7, 30.0, "max-age=60", "")
-    assert serve.serve_settings({}, workers=3).workers == 3
+    assert command.serve_settings({}, workers=3).workers == 3
 
 
 def test_index_page_assets() -> None:
-    cdn = serve.render_index("cdn").decode()
+    cdn = assets.render_index("cdn").decode()
     assert 'src="https://unpkg.com/leaflet@1.9.4/dist/leaflet.js"' in cdn
     assert 'integrity="sha256-' in cdn and "{{" not in cdn
-    local = serve.render_index("local").decode()
+    local = assets.render_index("local").decode()
     assert 'src="static/leaflet/leaflet.js"' in local and "unpkg" not in local
 
 
@@ -131,13 +134,13 @@ def test_local_assets_lookup(tmp_path: Path) -> None:
     (dist / "leaflet.js").write_text("")
     (dist / "leaflet.css").write_text("")
     for given in (dist, tmp_path / "node_modules" / "leaflet", tmp_path):
-        assert serve.find_local_assets({"IIPY_VIEWER_ASSETS": str(given)}) == dist.resolve()
-    with pytest.raises(serve.ServeError, match="npm install leaflet@1.9.4"):
-        serve.find_local_assets({"IIPY_VIEWER_ASSETS": str(tmp_path / "elsewhere")})
+        assert assets.find_local_assets({"IIPY_VIEWER_ASSETS": str(given)}) == dist.resolve()
+    with pytest.raises(assets.AssetError, match="npm install leaflet@1.9.4"):
+        assets.find_local_assets({"IIPY_VIEWER_ASSETS": str(tmp_path / "elsewhere")})
 
 
 def test_static_files_stay_in_their_directories(tmp_path: Path) -> None:
-    front = serve.FrontEnd.__new__(serve.FrontEnd)
+    front = frontend.FrontEnd.__new__(frontend.FrontEnd)
     front.asset_dir = tmp_path
     (tmp_path / "leaflet.js").write_text("")
     assert front.static("/static/viewer.js")[1] == "application/javascript"
@@ -162,7 +165,7 @@ def test_progress_on_a_terminal_and_in_a_log() -> None:
     now = [0.0]
     beats = []
     term = _Terminal(True)
-    progress = serve.Progress(term, beat=lambda: beats.append(1), clock=lambda: now[0])
+    progress = Progress(term, beat=lambda: beats.append(1), clock=lambda: now[0])
     progress("big.fits: level 1 of 2", 0.5)
     progress("big.fits: level 1 of 2", 0.6)  # throttled
     now[0] = 1.0
@@ -174,7 +177,7 @@ def test_progress_on_a_terminal_and_in_a_log() -> None:
     assert text.endswith("100% [########################] done\n")
     assert len(beats) == 4
     log = _Terminal(False)
-    progress = serve.Progress(log, clock=lambda: now[0])
+    progress = Progress(log, clock=lambda: now[0])
     for level, f in ((1, 0.1), (1, 0.2), (1, 1.0), (2, 1.0)):
         progress(f"big.fits: level {level} of 2", f)
     assert log.getvalue().splitlines() == [
@@ -183,9 +186,9 @@ def test_progress_on_a_terminal_and_in_a_log() -> None:
 
 
 def test_progress_weights_levels_by_size() -> None:
-    assert serve.Progress.overall("a.fits: level 1 of 3", 1.0)[1] == pytest.approx(16 / 21)
-    assert serve.Progress.overall("a.fits: level 3 of 3", 1.0) == ("a.fits", 1.0, True)
-    assert serve.Progress.overall("something else", 0.5) == ("something else", 0.5, False)
+    assert Progress.overall("a.fits: level 1 of 3", 1.0)[1] == pytest.approx(16 / 21)
+    assert Progress.overall("a.fits: level 3 of 3", 1.0) == ("a.fits", 1.0, True)
+    assert Progress.overall("something else", 0.5) == ("something else", 0.5, False)
 
 
 def test_cli_has_serve() -> None:
@@ -198,5 +201,5 @@ def test_cli_has_serve() -> None:
 
 
 def test_static_directory_is_package_data() -> None:
-    names = sorted(os.listdir(serve.STATIC_DIR))
+    names = sorted(os.listdir(assets.STATIC_DIR))
     assert names == ["index.html", "viewer.css", "viewer.js"]
