@@ -237,6 +237,13 @@ class Settings:
         return [(s.env, getattr(self, s.field)) for s in SETTINGS]
 
 
+def environ() -> Mapping[str, str]:
+    """The process environment.  This module is the only one that reads it: the server's
+    settings come from ``Settings.from_environ``, and ``iipy serve`` asks here for the
+    few variables of the local desktop it looks at (DISPLAY, IIPY_VIEWER_ASSETS)."""
+    return os.environ
+
+
 def settings_table_rst() -> str:
     """The README's settings table, generated from SETTINGS."""
     rows = [("Variable", "Default", "Meaning")]

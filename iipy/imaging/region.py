@@ -1,4 +1,4 @@
-"""CVT geometry (iip-protocol.md §7.5): which resolution level a region is read from,
+"""CVT geometry (docs/protocol.md §7.5): which resolution level a region is read from,
 the region in that level's pixels, and the output size.  Pure integer and float
 functions, no I/O.
 

@@ -1,5 +1,5 @@
 """Display settings of one request and their application to float32 data, in the
-order of iip-protocol.md §6.2 (ASTRO): normalise, SHD, CTW, band flattening, GAM, INV,
+order of docs/protocol.md §6.2 (ASTRO): normalise, SHD, CTW, band flattening, GAM, INV,
 CMP, quantise with CNT; then COL, flip and rotation on the 8-bit result.
 
 Tiles go through ``render`` (the compiled kernels do normalise..quantise in one pass).

@@ -1,5 +1,5 @@
 """Responses as iipsrv writes them: CGI header lines in iipsrv's order, a blank line,
-the body (iip-protocol.md §8).
+the body (docs/protocol.md §8).
 
 Two deliberate differences from iipsrv 1.1, both supersets: every response with a body
 carries ``Content-Length`` (last, unless iipsrv already sends it), and when CORS is set

@@ -57,7 +57,7 @@ HandlerFactory = Callable[[], Handler]
 
 #: libfcgi's default listen() backlog, used by iipsrv's ``--bind``.
 DEFAULT_BACKLOG = 2048
-#: iipsrv 1.1 exits with this status when bind() or listen() fails (iip-protocol.md §2.1).
+#: iipsrv 1.1 exits with this status when bind() or listen() fails (docs/protocol.md §2.1).
 BIND_FAILURE_STATUS = 22
 #: Largest FCGI_STDOUT content per record: a multiple of 8 below 65535, so full
 #: records need no padding.

@@ -5,7 +5,7 @@ socket, forks the workers, and then only supervises them.  It knows nothing abou
 FastCGI; a worker runs ``job(sock, ctx)``, where ``ctx`` is the
 :class:`WorkerContext` that connects the job to the supervisor.
 
-Why our own supervisor rather than flup's ``PreforkServer`` (style.md §1.2): on
+Why our own supervisor rather than flup's ``PreforkServer`` (ARCHITECTURE.md, "flup"): on
 Python 3 flup's pool never grows, SIGUSR1 crashes its master, and SIGTERM/SIGHUP
 wait for the next request.  Here:
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import html
 import mimetypes
-import os
 import re
 from pathlib import Path
 
-from iipy import __version__
+from iipy import __version__, settings
 
 
 class AssetError(Exception):
@@ -37,7 +36,7 @@ _CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "application/javas
 
 def find_local_assets(environ: dict[str, str] | None = None) -> Path:
     """The directory holding ``leaflet.js`` and ``leaflet.css`` for ``--assets local``."""
-    env = os.environ if environ is None else environ
+    env = settings.environ() if environ is None else environ
     given = env.get("IIPY_VIEWER_ASSETS")
     candidates = [Path(given)] if given else list(LOCAL_ASSET_CANDIDATES)
     for base in candidates:

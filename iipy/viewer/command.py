@@ -36,10 +36,10 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
-import os
 import sys
 from typing import Any
 
+from iipy import settings as settings_module
 from iipy.server import logsetup, sockets
 from iipy.server.prefork import Supervisor
 from iipy.settings import Settings
@@ -63,7 +63,8 @@ def _open_browser(url: str) -> None:
     """Open ``url`` in a graphical browser, if there is a display (a text browser would
     take the terminal over)."""
     if sys.platform not in ("darwin", "win32") and not (
-            os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+            settings_module.environ().get("DISPLAY")
+            or settings_module.environ().get("WAYLAND_DISPLAY")):
         return
     try:
         import webbrowser
@@ -82,7 +83,7 @@ def serve_settings(environ: dict[str, str] | None = None, workers: int | None = 
     timeout (first use of a large file builds its pyramid), and at most
     :data:`DEFAULT_WORKERS` workers.
     """
-    env = dict(os.environ if environ is None else environ)
+    env = dict(settings_module.environ() if environ is None else environ)
     settings = Settings.from_environ(env)
     changes: dict[str, Any] = {"filesystem_suffix": "", "uri_map": ""}
     if "LOGFILE" not in env:

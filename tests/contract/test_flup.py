@@ -1,4 +1,4 @@
-"""The flup 1.0.3 behaviours iipy relies on or works around (style.md §1.2).
+"""The flup 1.0.3 behaviours iipy relies on or works around (ARCHITECTURE.md, "flup").
 
 iipy.server.fcgi uses flup only for the FastCGI record layer: ``Record.read``,
 ``decode_pair``, and ``Connection``'s record bookkeeping, with our own reading,

@@ -1,6 +1,6 @@
 """An independent NumPy model of what an IIP server must send for a FITS image.
 
-Written from ``iip-protocol.md`` only (no iipy code is imported), so that end-to-end
+Written from ``docs/protocol.md`` only (no iipy code is imported), so that end-to-end
 tests can compare decoded JPEG tiles with what the specification says:
 
 * the data, read with astropy (BSCALE/BZERO applied, BLANK as NaN), are flipped
@@ -14,7 +14,7 @@ tests can compare decoded JPEG tiles with what the specification says:
 
 The request modifiers are parsed from the query string with the syntax of §3.2 (split
 on ``&``, key and argument at the first ``=``, a bare token is its own argument) and
-C ``atof``/``atoi`` for numbers (§1).
+C ``atof``/``atoi`` for numbers (docs/protocol.md §3.2).
 """
 
 from __future__ import annotations

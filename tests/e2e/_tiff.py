@@ -2,7 +2,7 @@
 
 Parity tests compare iipy (serving FITS) with iipsrv 1.1 (serving TIFF).  For the
 comparison to be meaningful, the TIFF must hold exactly the pyramid iipy computes
-(``iip-protocol.md`` §7.2, §7.6):
+(docs/protocol.md §7.2, §7.6):
 
 * level sizes halve with **floor**: ``W_k = W >> k``, ``H_k = H >> k``;
 * the pyramid stops at the first level whose both dimensions fit in one tile;

@@ -8,7 +8,7 @@ real size, and the screenshots are not blank.
 
 ``test_visiomatic2_request_forms``: tests/e2e/browser/v2forms.html, served by nginx
 (conf/nginx.conf.in) in front of a standalone iipy, sends the exact requests of
-VisiOmatic 2 (iip-protocol.md §12.1) and parses the metadata with its regular
+VisiOmatic 2 (docs/protocol.md §12.1) and parses the metadata with its regular
 expressions (§12.2); the test checks each request's form and status and that CMP and
 MINMAX change the pixels.
 

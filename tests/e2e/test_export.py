@@ -3,7 +3,7 @@ watermark, through a real nginx in front of ``iipsrv.fcgi --bind``.
 
 Pins, over HTTP:
 
-* VisiOmatic 2's snapshot and profile requests of iip-protocol.md §12.1, verbatim: the
+* VisiOmatic 2's snapshot and profile requests of docs/protocol.md §12.1, verbatim: the
   decoded snapshot equals a NumPy model (region of §7.5 in the level that covers the
   output, pixel-centre bilinear resampling, the §6 pipeline in the ASTRO order), the
   profile holds the FITS values (flipped, §7.6) in iipsrv's format with ``null`` for NaN;

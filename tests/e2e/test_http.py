@@ -1,6 +1,6 @@
 """HTTP behaviour through a real nginx (conf/nginx.conf.in) in front of a real iipy:
 Last-Modified, If-Modified-Since and 304, Cache-Control, Content-Length, CORS and the
-OPTIONS preflight, HEAD, and 405 for other methods (iip-protocol.md §8)."""
+OPTIONS preflight, HEAD, and 405 for other methods (docs/protocol.md §8)."""
 
 from __future__ import annotations
 

@@ -243,7 +243,7 @@ def test_iipsrv_serves_the_reduced_levels_we_wrote(tiff_server, tmp_path, http_g
     status, _, body = http_get(f"{tiff_server}?FIF=grey.tif&QLT=100&JTL=0,0")
     assert status == 200
     served = decode(body).astype(np.float64)
-    # The float path of iip-protocol.md §6: normalise (NaN -> 0), scale to 255, truncate.
+    # The float path of docs/protocol.md §6: normalise (NaN -> 0), scale to 255, truncate.
     v = np.nan_to_num((smallest - np.float32(-2)) / np.float32(14), nan=0.0)
     model = np.floor(np.clip(v * 255, 0, 255))
     assert served.shape == model.shape == (175, 250)

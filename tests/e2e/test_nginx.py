@@ -3,7 +3,7 @@
 
 Pins, through the web server:
 
-* the V2 metadata answer (iip-protocol.md §5.2, §8.2, §12.2, §12.3) and its headers (§8.1);
+* the V2 metadata answer (docs/protocol.md §5.2, §8.2, §12.2, §12.3) and its headers (§8.1);
 * JTL tiles at every resolution, partial edge tiles included (§5.3, §7.2, §7.3, §7.6),
   rendered as §6 says for the exact V2 URL forms of §12.1, compared with the NumPy
   model of ``_model.py`` computed from the FITS file read with astropy;

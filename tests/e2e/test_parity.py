@@ -1,7 +1,7 @@
 """Parity with the reference iipsrv 1.1 on the same pixels.
 
 ``sky.fits`` and ``cube.fits`` are read with astropy, flipped to IIP orientation
-(``data[..., ::-1, :]``, iip-protocol.md §7.6) and written as float32 pyramidal TIFFs
+(``data[..., ::-1, :]``, docs/protocol.md §7.6) and written as float32 pyramidal TIFFs
 (``_tiff.write_pyramid_tiff``: floor levels of 2×2 means, exactly iipy's pyramid, §7.2)
 with the display range iipy reports (``Min-Max-sample-values``, §4.2) as
 SMin/SMaxSampleValue and iipy's ``subject`` header as ImageDescription.  The TIFFs get
@@ -275,7 +275,7 @@ def profile_values(body: bytes) -> list[bytes]:
 def test_profiles_match_iipsrv(pair):
     """§5.22 and §12.1 item 3: PFL horizontal (end exclusive), vertical and single-point
     profiles, pixel-interleaved on the cube, with the same values (raw samples, %.9f);
-    iipy writes null where iipsrv writes nan (§13.2)."""
+    iipy writes null where iipsrv writes nan (docs/protocol.md §5.22)."""
     queries = [
         "FIF=sky.fits&PFL=3:100,200-300,200",
         "FIF=sky.fits&PFL=3:1500,10-1500,700",

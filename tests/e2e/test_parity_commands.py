@@ -1,7 +1,7 @@
 """Parity with the reference iipsrv 1.1 for CVT, PFL, ROT, SHD, TIL and SPECTRA.
 
 The test images are written twice: as FITS for iipy and, flipped to IIP orientation
-(iip-protocol.md §7.6), as float32 pyramidal TIFFs for iipsrv (``_tiff``: floor levels of
+(docs/protocol.md §7.6), as float32 pyramidal TIFFs for iipsrv (``_tiff``: floor levels of
 2x2 means, exactly iipy's pyramid, §7.2), under the same file names and modification
 times, so both servers receive byte-identical requests.  Both are queried in raw
 FastCGI; iipy runs with ``IIPY_SERVER=iipsrv/1.1``.

@@ -1,7 +1,7 @@
 """iipy started by spawn-fcgi (the listening socket on file descriptor 0, as mod_fcgid
 and lighttpd start it), behind nginx and spoken to in raw FastCGI.
 
-Pins iip-protocol.md §2.1 (start-up on fd 0), §2.2 (FCGI_END_REQUEST bytes, nothing on
+Pins docs/protocol.md §2.1 (start-up on fd 0), §2.2 (FCGI_END_REQUEST bytes, nothing on
 FCGI_STDERR), §5.2/§8.2 (OBJ answer bytes), §5.3/§8.3 (JTL through nginx), §8.5.1 (the
 exact IIP error bytes with ``IIPY_SERVER=iipsrv/1.1``, plus iipy's ``Content-Length``
 as the last header line) and §8.6 (the exact 304 bytes).

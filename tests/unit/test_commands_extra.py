@@ -22,7 +22,7 @@ from iipy.imaging.pyramid import Pyramid
 from iipy.protocols.http import Responder, http_date
 from iipy.settings import Settings
 
-W, H = 1001, 701  # the size the iipsrv measurements of iip-protocol.md §5.6 used
+W, H = 1001, 701  # the size the iipsrv measurements of docs/protocol.md §5.6 used
 
 
 # --- helpers -------------------------------------------------------------------------------

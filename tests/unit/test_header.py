@@ -1,4 +1,4 @@
-"""The FITS header served as ``subject`` (iip-protocol.md §12.3)."""
+"""The FITS header served as ``subject`` (docs/protocol.md §12.3)."""
 
 from __future__ import annotations
 

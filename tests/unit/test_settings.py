@@ -8,7 +8,7 @@ import pytest
 
 from iipy.settings import SETTINGS, Settings, settings_table_rst
 
-#: Every environment variable iipsrv 1.1 reads (iip-protocol.md §9.1), and the later ones
+#: Every environment variable iipsrv 1.1 reads (docs/protocol.md §9.1), and the later ones
 #: iipy supports.
 IIPSRV_VARIABLES = {
     "VERBOSITY", "LOGFILE", "MAX_IMAGE_CACHE_SIZE", "FILESYSTEM_PREFIX", "FILENAME_PATTERN",

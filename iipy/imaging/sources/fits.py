@@ -5,7 +5,7 @@ An image is opened once per worker through a memory map with
 ``kernels.to_float32`` applies BLANK, BSCALE and BZERO and the vertical flip while it
 converts, so reading a tile never scales (or even touches) the rest of the image.
 
-Orientation (iip-protocol.md §7.6): IIP row 0 is the top of the displayed image, which
+Orientation (docs/protocol.md §7.6): IIP row 0 is the top of the displayed image, which
 is the *last* FITS row (y = NAXIS2).  Every window this module returns is in IIP order.
 """
 
@@ -225,7 +225,7 @@ class FitsImage:
     # --- metadata -------------------------------------------------------------------------
 
     def subject(self) -> str:
-        """The FITS header as VisiOmatic 2 needs it (iip-protocol.md §12.3)."""
+        """The FITS header as VisiOmatic 2 needs it (docs/protocol.md §12.3)."""
         if self._subject is None:
             self._subject = subject_header(self._hdu.header, self.width, self.height,
                                            self.channels, self.labels)

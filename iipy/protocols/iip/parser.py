@@ -1,7 +1,7 @@
 """The IIP request syntax: a query string to a frozen ``IIPRequest``, and the
 argument grammars of the commands.  Pure: no I/O, no numpy.
 
-The rules are iipsrv's (iip-protocol.md §3): split on ``&`` only, key and argument at
+The rules are iipsrv's (docs/protocol.md §3): split on ``&`` only, key and argument at
 the first ``=``, a token without ``=`` is its own argument (``&INV``), empty keys or
 arguments are dropped, names are case-insensitive, only FIF (and the path-like
 protocols) are URL-decoded, and numbers are read with C's ``atoi``/``atof``.
@@ -58,7 +58,7 @@ def url_decode(text: str) -> str:
 
 
 def parse(query: str) -> IIPRequest:
-    """Split a query string into commands, in order (iip-protocol.md §3.2)."""
+    """Split a query string into commands, in order (docs/protocol.md §3.2)."""
     commands = []
     for token in query.split("&"):
         if not token:
@@ -77,7 +77,7 @@ def parse(query: str) -> IIPRequest:
 
 def map_uri(request_uri: str, uri_map: str) -> str | None:
     """URI_MAP (``prefix=>protocol``): the request string for a mapped REQUEST_URI, or
-    None when the mapping does not apply (iip-protocol.md §3.1)."""
+    None when the mapping does not apply (docs/protocol.md §3.1)."""
     prefix, sep, protocol = uri_map.partition("=>")
     if not sep:
         return None

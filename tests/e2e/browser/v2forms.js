@@ -1,6 +1,6 @@
 /*
  * A test page that talks to an IIP server with exactly the requests VisiOmatic 2
- * sends (docs: iip-protocol.md section 12.1) and parses the metadata the way it does
+ * sends (docs: docs/protocol.md §12.1) and parses the metadata the way it does
  * (section 12.2: one regular expression per key, applied to the whole answer).
  *
  * Options in the page's query string:
