@@ -1,0 +1,1 @@
+"""Images: where pixels come from and how they become tiles."""

@@ -1,0 +1,1 @@
+"""Image sources: one module per file format, each the only importer of its library."""
