@@ -30,11 +30,15 @@ setup(
         "numpy>=2.0",
         "Pillow>=10.0",
         "pymemcache>=4.0",
+        # tiled pyramidal TIFF: tifffile parses the structure, imagecodecs decodes
+        # the tiles read by offset (iipy/imaging/sources/tiff.py)
+        "tifffile>=2024.7.2",
+        "imagecodecs>=2024.6.1",
     ],
     extras_require={
-        # tifffile writes the pyramidal TIFFs that the reference iipsrv reads
-        # in the parity tests and benchmarks; it is never imported by iipy.
-        "test": ["pytest>=8", "tifffile"],
+        # (tifffile, a run-time requirement, also writes the pyramidal TIFFs of the
+        # tests and of the reference iipsrv in the parity tests and benchmarks)
+        "test": ["pytest>=8"],
     },
     ext_modules=cythonize(extensions, compiler_directives={"language_level": 3}),
     entry_points={
