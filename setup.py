@@ -29,6 +29,9 @@ setup(
         "astropy>=6.0",
         "numpy>=2.0",
         "Pillow>=10.0",
+        # JPEG tiles through libjpeg-turbo without Pillow's per-call overhead
+        # (iipy/imaging/encode.py)
+        "simplejpeg>=1.7",
         "pymemcache>=4.0",
         # tiled pyramidal TIFF: tifffile parses the structure, imagecodecs decodes
         # the tiles read by offset (iipy/imaging/sources/tiff.py)

@@ -23,6 +23,7 @@ LIBRARY_HOMES = {
     "flup": {"server/fcgi.py"},
     "astropy": {"imaging/sources/fits.py"},
     "PIL": {"imaging/encode.py"},
+    "simplejpeg": {"imaging/encode.py"},
     "pymemcache": {"cache.py"},
     "tifffile": {"imaging/sources/tiff.py"},
     "imagecodecs": {"imaging/sources/tiff.py"},
