@@ -34,7 +34,8 @@ setup(
     extras_require={
         # tifffile writes the pyramidal TIFFs that the reference iipsrv reads
         # in the parity tests and benchmarks; it is never imported by iipy.
-        "test": ["pytest>=8", "tifffile"],
+        # hypothesis drives the property-based tests of the request parsers.
+        "test": ["pytest>=8", "tifffile", "hypothesis>=6"],
     },
     ext_modules=cythonize(extensions, compiler_directives={"language_level": 3}),
     entry_points={

@@ -1,0 +1,1 @@
+"""Request protocols answered on the FastCGI endpoint: IIP, IIIF, DeepZoom and Zoomify."""
