@@ -105,7 +105,10 @@ class IIIFNotImplemented(IIIFError):
 
 
 def _echo(text: str) -> str:
-    return text if len(text) <= _ECHO else text[:_ECHO] + "..."
+    """A piece of the request for a message: cut short, printable ASCII (other
+    characters as Python escapes)."""
+    cut = text if len(text) <= _ECHO else text[:_ECHO] + "..."
+    return "".join(c if " " <= c <= "~" else ascii(c)[1:-1] for c in cut)
 
 
 # --- request values ---------------------------------------------------------------------
@@ -545,7 +548,11 @@ def _uri_safe(text: str) -> str:
         if "!" <= c <= "~":
             out.append(c)
         else:
-            out.extend("%%%02X" % b for b in c.encode("utf-8", "surrogateescape"))
+            try:  # a byte kept by URL decoding, else the character's UTF-8
+                raw = c.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError:  # a lone surrogate that is not such a byte
+                raw = c.encode("utf-8", "surrogatepass")
+            out.extend("%%%02X" % b for b in raw)
     return "".join(out)
 
 

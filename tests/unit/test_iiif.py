@@ -141,6 +141,12 @@ def test_messages_do_not_echo_long_input():
     assert len(exc.value.message) < 150
 
 
+def test_messages_are_printable_ascii():
+    with pytest.raises(IIIFError) as exc:
+        iiif.parse("a/\ud800\r\n\u00e9\udcff/max/0/default.jpg")
+    assert exc.value.message == "IIIF: incorrect region format: \\ud800\\r\\n\\xe9\\udcff"
+
+
 # --- info.json --------------------------------------------------------------------------------
 
 GRID = Grid(1001, 701, 256, 256)
@@ -486,8 +492,24 @@ def test_tile_of_agrees_with_the_grid(grid, region, size):
     assert max(1, w // s) == window.w and max(1, h // s) == window.h
 
 
+ANY_TEXT = st.text(st.characters(exclude_categories=()), max_size=60)  # lone surrogates too
+
+
+@settings(max_examples=500, deadline=None)
+@given(ANY_TEXT, st.sampled_from([2, 3]))
+def test_error_messages_are_printable_ascii(text, version):
+    for argument in (text, "x/%s/max/0/default.jpg" % text, "x/full/%s/0/default.jpg" % text,
+                     "x/full/max/%s/default.jpg" % text, "x/full/max/0/" + text):
+        try:
+            request = iiif.parse(argument, version)
+            if isinstance(request, IIIFImageRequest):
+                iiif.resolve(request, 100, 50, 64, 64, 1000, False)
+        except IIIFError as exc:
+            assert all(" " <= c <= "~" for c in exc.message)
+
+
 @settings(max_examples=300, deadline=None)
-@given(st.text(max_size=40), st.text(max_size=40), st.text(max_size=80), st.text(max_size=30))
+@given(ANY_TEXT, ANY_TEXT, ANY_TEXT, ANY_TEXT)
 def test_service_id_is_always_printable_ascii(host, proto, uri, argument):
     env = {"HTTP_X_FORWARDED_HOST": host, "HTTP_X_FORWARDED_PROTO": proto, "REQUEST_URI": uri}
     ident = iiif.service_id(env, argument)
