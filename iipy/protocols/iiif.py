@@ -491,9 +491,11 @@ def source_window(plan: Plan, grid: TileGrid) -> tuple[int, tuple[int, int, int,
     for k in range(1, grid.num_resolutions):
         s = 1 << k
         lw, lh = grid.level_size(k)
-        x0, y0 = min(x // s, lw - 1), min(y // s, lh - 1)
-        x1, y1 = min(lw, -(-(x + w) // s)), min(lh, -(-(y + h) // s))
-        kw, kh = max(1, x1 - x0), max(1, y1 - y0)
+        x0, y0 = x // s, y // s
+        if x0 >= lw or y0 >= lh:  # the region lies in the pixels floor halving drops
+            break
+        kw = min(lw, -(-(x + w) // s)) - x0
+        kh = min(lh, -(-(y + h) // s)) - y0
         if kw < plan.out_w or kh < plan.out_h:
             break
         best = k, (x0, y0, kw, kh)

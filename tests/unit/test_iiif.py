@@ -135,6 +135,27 @@ def test_plan_helpers():
     assert iiif.resolve(iiif.parse("a/full/max/0/color.jpg"), 3, 2, 64).colour is None
 
 
+@pytest.mark.parametrize("request_path,level,window", [
+    ("full/250,175", 2, (0, 0, 250, 175)),
+    ("full/251,176", 1, (0, 0, 500, 350)),
+    ("full/max", 0, (0, 0, 1001, 701)),
+    ("0,0,512,512/256,256", 1, (0, 0, 256, 256)),
+    ("512,0,489,512/244,256", 1, (256, 0, 244, 256)),
+    ("100,100,400,400/100,100", 2, (25, 25, 100, 100)),
+    ("101,101,400,400/100,100", 2, (25, 25, 101, 101)),
+    ("101,101,400,400/102,102", 1, (50, 50, 201, 201)),
+    ("1000,700,1,1/max", 0, (1000, 700, 1, 1)),
+])
+def test_source_window(request_path, level, window):
+    plan = iiif.resolve(iiif.parse("a/%s/0/default.jpg" % request_path), 1001, 701, 5000)
+    assert iiif.source_window(plan, Grid(1001, 701, 256, 256)) == (level, window)
+
+
+def test_small_image_is_one_tile():
+    plan = iiif.resolve(iiif.parse("a/full/max/0/default.jpg"), 200, 100, 5000)
+    assert iiif.tile_of(plan, Grid(200, 100, 256, 256)) == (0, 0)
+
+
 def test_messages_do_not_echo_long_input():
     with pytest.raises(IIIFError) as exc:
         iiif.parse("a/" + "x" * 10000 + "/max/0/default.jpg")
