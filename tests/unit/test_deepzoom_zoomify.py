@@ -218,7 +218,7 @@ GRIDS = st.builds(Grid, st.integers(1, 5000), st.integers(1, 5000),
                   st.sampled_from([1, 16, 256, 512]), st.sampled_from([1, 16, 256, 512]))
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(st.one_of(st.text(max_size=60), PATHLIKE))
 def test_deepzoom_parse_raises_only_its_error(argument):
     try:
@@ -229,7 +229,7 @@ def test_deepzoom_parse_raises_only_its_error(argument):
     assert request.image
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(st.one_of(st.text(max_size=60), PATHLIKE))
 def test_zoomify_parse_raises_only_its_error(argument):
     try:
@@ -240,7 +240,7 @@ def test_zoomify_parse_raises_only_its_error(argument):
     assert request.image
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(GRIDS, st.integers(-3, 20), st.integers(-2, 30), st.integers(-2, 30))
 def test_deepzoom_tiles_are_in_the_grid(grid, level, x, y):
     try:
@@ -252,7 +252,7 @@ def test_deepzoom_tiles_are_in_the_grid(grid, level, x, y):
     assert (window.x, window.y) == (x * grid.tile_w, y * grid.tile_h)
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(GRIDS, st.integers(-3, 20), st.integers(-2, 30), st.integers(-2, 30))
 def test_zoomify_tiles_are_in_the_grid(grid, level, x, y):
     try:

@@ -396,7 +396,7 @@ LIMITS = st.tuples(st.integers(1, 6000), st.integers(1, 6000),
                    st.one_of(st.none(), st.integers(1, 36_000_000)), st.booleans())
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(ARGUMENT, st.sampled_from([2, 3]), st.integers(1, 20000), st.integers(1, 20000), LIMITS)
 def test_parse_and_resolve_raise_only_iiif_errors(argument, version, width, height, limits):
     """Whatever the argument: a value or a IIIFError (400, 404 or 501); a plan always
@@ -434,7 +434,7 @@ SIZES = st.one_of(
 )
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(REGIONS, SIZES, st.booleans(), st.sampled_from(["0", "90", "!180", "270"]),
        st.integers(1, 20000), st.integers(1, 20000), LIMITS)
 def test_resolve_valid_requests(region, size, caret, rotation, width, height, limits):
@@ -489,7 +489,7 @@ def test_each_tile_requested_as_a_client_does_is_found(grid, data):
     assert iiif.tile_of(plan, grid) == (r, n)
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(GRIDS, REGIONS, SIZES)
 def test_tile_of_agrees_with_the_grid(grid, region, size):
     request = iiif.parse("id/%s/%s/0/default.jpg" % (region, size))
