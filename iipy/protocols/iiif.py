@@ -41,7 +41,7 @@ import math
 import re
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Iterable, Mapping
+from typing import Any, Collection, Iterable, Mapping
 
 from ..errors import HTTPError
 from .tiling import TileGrid
@@ -251,7 +251,7 @@ def parse_rotation(text: str) -> Rotation:
 
 
 def parse_quality_format(text: str, version: int,
-                         formats: Iterable[str] = FORMATS) -> tuple[str, str]:
+                         formats: Collection[str] = FORMATS) -> tuple[str, str]:
     """``quality.format``: (quality, format).  2.1 allows a missing format (JPEG), as
     iipsrv does; 3.0 requires it."""
     text = text.partition("?")[0].lower()
@@ -268,7 +268,7 @@ def parse_quality_format(text: str, version: int,
     return names[quality], fmt
 
 
-def parse(argument: str, version: int = 3, formats: Iterable[str] = FORMATS
+def parse(argument: str, version: int = 3, formats: Collection[str] = FORMATS
           ) -> IIIFInfoRequest | IIIFImageRequest | IIIFRedirect:
     """The request named by a (URL-decoded) ``IIIF=`` argument, in IIIF ``version`` 3
     or 2 (2.1).  ``formats`` are the format names the server can encode."""
