@@ -40,8 +40,9 @@ setup(
     ],
     extras_require={
         # (tifffile, a run-time requirement, also writes the pyramidal TIFFs of the
-        # tests and of the reference iipsrv in the parity tests and benchmarks)
-        "test": ["pytest>=8"],
+        # tests and of the reference iipsrv in the parity tests and benchmarks;
+        # hypothesis drives the property-based tests of the request parsers)
+        "test": ["pytest>=8", "hypothesis>=6"],
     },
     ext_modules=cythonize(extensions, compiler_directives={"language_level": 3}),
     entry_points={

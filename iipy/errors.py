@@ -68,6 +68,16 @@ class InvalidArgument(IIPyError):
     values asked): status 400 with a short text."""
 
 
+class UnsatisfiableRequest(IIPyError):
+    """A well-formed request the image cannot satisfy where the protocol says 404 (a IIIF
+    2.1 size beyond the advertised limits)."""
+
+
+class NotImplementedFeature(IIPyError):
+    """A valid request for a feature that is switched off (IIIF upscaling when
+    ALLOW_UPSCALING=0): 501."""
+
+
 class InternalRequestError(IIPyError):
     """Where iipsrv raises a bare exception and answers with its HTML page and status 400
     (negative tile numbers, PFL out of range).  ``str(exc)`` is logged, never sent."""

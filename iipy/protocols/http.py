@@ -14,8 +14,9 @@ import logging
 from dataclasses import dataclass
 
 from iipy.errors import (CompressedFile, IIPError, IIPyError, ImageNotFound, InternalRequestError,
-                         InvalidArgument, NoSuchHDU, NotAnImage, NotModified, OutOfRange,
-                         PyramidUnavailable, UnreadableImage)
+                         InvalidArgument, NoSuchHDU, NotAnImage, NotImplementedFeature,
+                         NotModified, OutOfRange, PyramidUnavailable, UnreadableImage,
+                         UnsatisfiableRequest)
 from iipy.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -229,8 +230,10 @@ ERROR_STATUS: dict[type[IIPyError], str] = {
     UnreadableImage: "404 Not Found",
     OutOfRange: "404 Not Found",
     PyramidUnavailable: "404 Not Found",
+    UnsatisfiableRequest: "404 Not Found",
     CompressedFile: "400 Bad Request",
     InvalidArgument: "400 Bad Request",
+    NotImplementedFeature: "501 Not Implemented",
 }
 
 
