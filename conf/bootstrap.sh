@@ -2,8 +2,9 @@
 # examples/demo.sh.  Idempotent: a second run only checks.
 #
 #  - system packages (apt-get, as root or through sudo): the web servers and tools the
-#    end-to-end tests and the demo run for real, the reference iipsrv 1.1, Chromium for
-#    the browser tests, and Node.js with npm (if no node 18 or later is installed);
+#    end-to-end tests and the demo run for real, the reference iipsrv 1.1, STIFF (the
+#    reference of the default display range), Chromium for the browser tests, and Node.js
+#    with npm (if no node 18 or later is installed);
 #  - a virtual environment in .venv with iipy installed in editable mode (this builds
 #    the Cython extension) and the test requirements;
 #  - the npm packages of the browser tests (playwright-core, Leaflet) in
@@ -15,7 +16,7 @@ export IIPY_ROOT
 VENV="$IIPY_ROOT/.venv"
 
 APT_PACKAGES=(python3-venv python3-dev gcc nginx spawn-fcgi memcached apache2
-              libapache2-mod-fcgid lighttpd iipimage-server wrk chromium)
+              libapache2-mod-fcgid lighttpd iipimage-server wrk chromium stiff)
 #: Installed only when no Node.js 18 or later with npm is found (it may come from elsewhere).
 NODE_PACKAGES=(nodejs npm)
 BROWSER_DIR="$IIPY_ROOT/tests/e2e/browser"
