@@ -846,8 +846,12 @@ def histogram(src: np.ndarray, mins: Sequence[float] | np.ndarray | float,
 
     A pixel's level is the mean over its channels of its 8-bit value at contrast 1
     (truncate(clamp(255 v, 0, 255)), v normalised with mins/maxs as in render; non-finite samples
-    give 0), rounded half up. iipsrv takes the smallest resolution level of the image with the
-    request's range; any subsample of the image serves (the result is an estimate either way).
+    give 0), rounded half up.
+
+    iipsrv 1.2 computes it from the smallest resolution level of the image (tile 0 of level 0)
+    and keeps the first one per image, whatever range later requests give. Callers should use
+    the smallest level too, so that every tile of a view gets the same mapping (a histogram of
+    each tile would show seams), but with each request's range.
     """
     if _ck is None:
         return _ref_histogram(src, mins, maxs)
