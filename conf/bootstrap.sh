@@ -3,7 +3,8 @@
 #
 #  - system packages (apt-get, as root or through sudo): the web servers and tools the
 #    end-to-end tests and the demo run for real, the reference iipsrv 1.1, Chromium for
-#    the browser tests, vips and STIFF (the TIFF tests convert their images with them),
+#    the browser tests, vips and STIFF (the TIFF tests convert their images with them;
+#    STIFF is also the reference of the default display range),
 #    and Node.js with npm (if no node 18 or later is installed);
 #  - a virtual environment in .venv with iipy installed in editable mode (this builds
 #    the Cython extension) and the test requirements;

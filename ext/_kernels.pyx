@@ -17,12 +17,19 @@ from libc.math cimport powf, fabsf
 from libc.float cimport FLT_MAX
 from libc.string cimport memcpy
 from libc.stdlib cimport malloc, free
-from libc.stdint cimport uint8_t, uint32_t, int16_t, int32_t, int64_t
+from libc.stdint cimport (uint8_t, uint16_t, uint32_t, uint64_t, int8_t, int16_t, int32_t,
+                          int64_t)
 
+# Every sample type astropy hands out: the FITS BITPIX types and, for data it has already
+# shifted by BZERO (tile-compressed HDUs), their unsigned or signed counterparts.
 ctypedef fused pix_t:
     uint8_t
+    int8_t
+    uint16_t
     int16_t
+    uint32_t
     int32_t
+    uint64_t
     int64_t
     float
     double
@@ -152,8 +159,8 @@ cdef inline void _gather_row(const char* row, Py_ssize_t step, Py_ssize_t n, bin
 
 
 cdef inline float _plain(pix_t x) noexcept nogil:
-    """Unscaled value: float samples are copied, integers rounded once (int64 via float64)."""
-    if pix_t is int64_t:
+    """Unscaled value: float samples are copied, integers rounded once (64-bit via float64)."""
+    if pix_t is int64_t or pix_t is uint64_t:
         return <float>(<double>x)
     else:
         return <float>x
@@ -220,7 +227,8 @@ def to_float32(const pix_t[:, :] src, bint swap, double bscale, double bzero, bi
     cdef Py_ssize_t i
     cdef const char* row
     cdef float* orow
-    # The caller only sets has_blank for integer samples with BLANK inside the type's range.
+    # The caller only sets has_blank for integer samples with BLANK inside the type's range
+    # (a uint64 BLANK above 2**63 comes as its two's complement, which this cast restores).
     cdef pix_t bval = <pix_t>blank
     try:
         with nogil:
@@ -342,21 +350,44 @@ cdef inline void _mix_row(const float* nrm, Py_ssize_t stride, const float* m, P
 
 # GAM through the table. The gather makes this loop scalar for compilers targeting plain SSE2,
 # so on x86 it is written with SSE2 intrinsics (4 pixels per step, gathers by hand); elsewhere a
-# portable loop does the same arithmetic. Both give identical results.
+# portable loop does the same arithmetic. Both give identical results. The same table layout
+# serves every stretch that has a table (POWER, LOG, ASINH); values outside it are computed
+# exactly by iipy_stretch1.
 cdef extern from *:
     """
-    /* Table layout: entry i holds v**gamma at v = 2**e (1 + m / 2**MBITS) with
+    /* Table layout: entry i holds f(v) at v = 2**e (1 + m / 2**MBITS) with
        i = (e - EMIN) * 2**MBITS + m, i.e. i = (bits(v) - bits(2**EMIN)) >> (23 - MBITS). */
     #define IIPY_LUT_MBITS 8
     #define IIPY_LUT_EMIN (-24)
     #define IIPY_FRAC_BITS (23 - IIPY_LUT_MBITS)
     #define IIPY_FRAC_MASK ((1u << IIPY_FRAC_BITS) - 1u)
 
-    /* max(v, 0)**g, g > 0: linear interpolation in the table when lo_bits <= bits(v) and
-       bits(v) - lo_bits < span (i.e. lo <= v < hi; negative v, NaN and -0 fail the unsigned test),
-       else 0 for v <= 0, else powf (tiny or large positive v, +inf, NaN). */
-    static inline float iipy_pow_lut1(float v, const float *lut, uint32_t lo_bits, uint32_t span,
-                                      float g)
+    /* Stretch codes, as in iipy.kernels */
+    #define IIPY_ST_POWER 0
+    #define IIPY_ST_LOG 1
+    #define IIPY_ST_ASINH 2
+    #define IIPY_ST_SQRT 3
+
+    /* The exact stretch of a positive (or NaN) v: POWER v**g in float32 (powf); LOG
+       log1p(255 v) * p1 and ASINH asinh(v * p0) * p1 in double, rounded once to float32
+       (p0 = 1/BETA, p1 = 1/log(256) or 1/asinh(1/BETA), computed by iipy.kernels);
+       SQRT sqrtf(v). Every stretch is 0 at v = 0. */
+    static inline float iipy_stretch1(float v, int kind, float g, double p0, double p1)
+    {
+        switch (kind) {
+        case IIPY_ST_LOG: return (float)(log1p(255.0 * (double)v) * p1);
+        case IIPY_ST_ASINH: return (float)(asinh((double)v * p0) * p1);
+        case IIPY_ST_SQRT: return sqrtf(v);
+        default: return powf(v, g);
+        }
+    }
+
+    /* f(max(v, 0)) with f(0) = 0: linear interpolation in the table when lo_bits <= bits(v)
+       and bits(v) - lo_bits < span (i.e. lo <= v < hi; negative v, NaN and -0 fail the
+       unsigned test), else 0 for v <= 0, else the exact formula (tiny or large positive v,
+       +inf, NaN). */
+    static inline float iipy_stretch_lut1(float v, const float *lut, uint32_t lo_bits,
+                                          uint32_t span, int kind, float g, double p0, double p1)
     {
         uint32_t b, off, k;
         float a, fr;
@@ -370,12 +401,13 @@ cdef extern from *:
         }
         if (v <= 0.0f)
             return 0.0f;
-        return powf(v, g);
+        return iipy_stretch1(v, kind, g, p0, p1);
     }
 
-    /* v[j] = max(v[j], 0)**g, then 1 - v[j] if invert. */
-    static void iipy_pow_lut_row(float *v, Py_ssize_t n, const float *lut, uint32_t lo_bits,
-                                 uint32_t span, float g, int invert)
+    /* v[j] = f(max(v[j], 0)) through the table, then 1 - v[j] if invert. */
+    static void iipy_stretch_lut_row(float *v, Py_ssize_t n, const float *lut, uint32_t lo_bits,
+                                     uint32_t span, int kind, float g, double p0, double p1,
+                                     int invert)
     {
         Py_ssize_t j = 0, i;
         float r;
@@ -405,9 +437,9 @@ cdef extern from *:
             __m128 res = _mm_add_ps(a, _mm_mul_ps(_mm_sub_ps(c, a), fr));
             __m128 ok = _mm_or_ps(_mm_castsi128_ps(in), _mm_cmple_ps(x, zero));
             if (_mm_movemask_ps(ok) != 0xf) {
-                /* some lane needs powf: do these four one by one */
+                /* some lane needs the exact formula: do these four one by one */
                 for (i = j; i < j + 4; i++) {
-                    r = iipy_pow_lut1(v[i], lut, lo_bits, span, g);
+                    r = iipy_stretch_lut1(v[i], lut, lo_bits, span, kind, g, p0, p1);
                     v[i] = invert ? 1.0f - r : r;
                 }
                 continue;
@@ -419,16 +451,47 @@ cdef extern from *:
         }
     #endif
         for (; j < n; j++) {
-            r = iipy_pow_lut1(v[j], lut, lo_bits, span, g);
+            r = iipy_stretch_lut1(v[j], lut, lo_bits, span, kind, g, p0, p1);
             v[j] = invert ? 1.0f - r : r;
+        }
+    }
+    /* v[j] = sqrt(v[j] < 0 ? 0 : v[j]) (NaN and -0 kept), then 1 - v[j] if invert. sqrtf is
+       correctly rounded, like SQRTPS; the intrinsics only avoid the errno check that keeps
+       compilers from vectorising sqrtf. */
+    static void iipy_sqrt_row(float *v, Py_ssize_t n, int invert)
+    {
+        Py_ssize_t j = 0;
+        float t;
+    #if IIPY_SSE2
+        const __m128 zero = _mm_setzero_ps(), one = _mm_set1_ps(1.0f);
+        for (; j + 4 <= n; j += 4) {
+            __m128 x = _mm_loadu_ps(v + j);
+            x = _mm_sqrt_ps(_mm_andnot_ps(_mm_cmplt_ps(x, zero), x));
+            if (invert)
+                x = _mm_sub_ps(one, x);
+            _mm_storeu_ps(v + j, x);
+        }
+    #endif
+        for (; j < n; j++) {
+            t = v[j];
+            t = sqrtf(t < 0.0f ? 0.0f : t);
+            v[j] = invert ? 1.0f - t : t;
         }
     }
     """
     const int _MBITS "IIPY_LUT_MBITS"
     const int _EMIN "IIPY_LUT_EMIN"
-    void _pow_lut_row "iipy_pow_lut_row" (float* v, Py_ssize_t n, const float* lut,
-                                          uint32_t lo_bits, uint32_t span, float g,
-                                          int invert) noexcept nogil
+    void _sqrt_row "iipy_sqrt_row" (float* v, Py_ssize_t n, int invert) noexcept nogil
+    const int _ST_POWER "IIPY_ST_POWER"
+    const int _ST_LOG "IIPY_ST_LOG"
+    const int _ST_ASINH "IIPY_ST_ASINH"
+    const int _ST_SQRT "IIPY_ST_SQRT"
+    float _stretch1 "iipy_stretch1" (float v, int kind, float g, double p0,
+                                     double p1) noexcept nogil
+    void _stretch_lut_row "iipy_stretch_lut_row" (float* v, Py_ssize_t n, const float* lut,
+                                                  uint32_t lo_bits, uint32_t span, int kind,
+                                                  float g, double p0, double p1,
+                                                  int invert) noexcept nogil
 
 # Exported so that iipy.kernels can check that it builds tables with the same layout.
 LUT_MBITS = _MBITS
@@ -441,23 +504,34 @@ cdef inline uint32_t _float_bits(float x) noexcept nogil:
     return b
 
 
-cdef inline void _gamma_row(float* v, Py_ssize_t n, float g, const float* lut, float lo,
-                            float hi, bint use_lut, bint invert) noexcept nogil:
-    """GAM (v = max(v, 0)**g), then INV (v = 1 - v) if asked, in place. With the table, lo and
-    hi are the range it covers (lo = 2**LUT_EMIN); g > 0."""
+cdef inline void _stretch_row(float* v, Py_ssize_t n, int kind, float g, double p0, double p1,
+                              const float* lut, float lo, float hi, bint use_lut,
+                              bint invert) noexcept nogil:
+    """GAM (v = f(max(v, 0)), f the stretch ``kind``), then INV (v = 1 - v) if asked, in place.
+    With the table (POWER with g > 0, LOG, ASINH), lo and hi are the range it covers
+    (lo = 2**LUT_EMIN). Without it, POWER is powf(max(v, 0), g) for every g (0**0 = 1,
+    0**-g = inf), and the other stretches give 0 for v <= 0 and the exact formula elsewhere."""
     cdef Py_ssize_t j
     cdef float t
     cdef float one = 1
+    cdef float zero = 0
     cdef uint32_t lo_bits
     if use_lut:
         lo_bits = _float_bits(lo)
-        _pow_lut_row(v, n, lut, lo_bits, _float_bits(hi) - lo_bits, g, invert)
-    else:
+        _stretch_lut_row(v, n, lut, lo_bits, _float_bits(hi) - lo_bits, kind, g, p0, p1, invert)
+    elif kind == _ST_POWER:
         for j in range(n):
             t = v[j]
             if t < 0:
                 t = 0
             t = powf(t, g)
+            v[j] = one - t if invert else t
+    elif kind == _ST_SQRT:
+        _sqrt_row(v, n, invert)
+    else:
+        for j in range(n):
+            t = v[j]
+            t = zero if t <= 0 else _stretch1(t, kind, g, p0, p1)
             v[j] = one - t if invert else t
 
 
@@ -692,14 +766,16 @@ cdef extern from *:
 
 
 def render(const float[:, :, ::1] src, const float[::1] mins, const float[::1] factors,
-           const float[:, ::1] ctw, bint has_ctw, float gamma, bint use_gamma,
-           const float[::1] lut, float lut_lo, float lut_hi, bint invert, int cmap,
-           float contrast, unsigned char[:, ::1] out):
+           const float[:, ::1] ctw, bint has_ctw, int stretch, float gamma, double p0, double p1,
+           bint use_gamma, const float[::1] lut, float lut_lo, float lut_hi, bint invert,
+           int cmap, float contrast, unsigned char[:, ::1] out):
     """The float pipeline of iipy.kernels.render, row by row.
 
     mins/factors: per-channel normalisation (v = (x - min) * factor, non-finite x -> 0).
-    ctw: (K, L) channel mixing if has_ctw. GAM uses the table ``lut`` for lut_lo <= v < lut_hi
-    when lut_hi > lut_lo, powf elsewhere. out: (h, w * nout), nout = 3 for colour, else 1.
+    ctw: (K, L) channel mixing if has_ctw. GAM (if use_gamma) is the stretch ``stretch`` with
+    parameters gamma (POWER), p0, p1 (see iipy_stretch1); it uses the table ``lut`` for
+    lut_lo <= v < lut_hi when lut_hi > lut_lo, the exact formula elsewhere.
+    out: (h, w * nout), nout = 3 for colour, else 1.
     """
     cdef Py_ssize_t nchan = src.shape[0], h = src.shape[1], w = src.shape[2]
     cdef Py_ssize_t ncomp = 1 if (nchan <= 2 or cmap != CM_NONE) else 3
@@ -710,6 +786,8 @@ def render(const float[:, :, ::1] src, const float[::1] mins, const float[::1] f
     cdef bint use_lut = use_gamma and lut_hi > lut_lo
     if cmap < CM_NONE or cmap > CM_BLUE:
         raise ValueError("unknown colormap")
+    if stretch < _ST_POWER or stretch > _ST_SQRT or (use_lut and stretch == _ST_SQRT):
+        raise ValueError("unknown stretch")
     if mins.shape[0] < nchan or factors.shape[0] < nchan:
         raise ValueError("per-channel arrays are too short")
     if out.shape[0] != h or out.shape[1] != w * nout:
@@ -769,7 +847,8 @@ def render(const float[:, :, ::1] src, const float[::1] mins, const float[::1] f
                 # 4. GAM, 5. INV
                 for k in range(ncomp):
                     if use_gamma:
-                        _gamma_row(comp[k], w, gamma, lutp, lut_lo, lut_hi, use_lut, invert)
+                        _stretch_row(comp[k], w, stretch, gamma, p0, p1, lutp, lut_lo, lut_hi,
+                                     use_lut, invert)
                     elif invert:
                         _invert_row(comp[k], w)
                 # 6. CMP, 7. quantise with CNT
@@ -784,17 +863,20 @@ def render(const float[:, :, ::1] src, const float[::1] mins, const float[::1] f
         free(need)
 
 
-def gamma_inplace(float[::1] v, float gamma, const float[::1] lut, float lut_lo, float lut_hi):
-    """v = max(v, 0)**gamma in place, as render's GAM step does it (table when lut_hi > lut_lo)."""
+def stretch_inplace(float[::1] v, int stretch, float gamma, double p0, double p1,
+                    const float[::1] lut, float lut_lo, float lut_hi):
+    """v = f(max(v, 0)) in place, as render's GAM step does it (table when lut_hi > lut_lo)."""
     cdef Py_ssize_t n = v.shape[0]
     cdef bint use_lut = lut_hi > lut_lo
+    if stretch < _ST_POWER or stretch > _ST_SQRT or (use_lut and stretch == _ST_SQRT):
+        raise ValueError("unknown stretch")
     if use_lut and (lut_lo != 2.0 ** _EMIN or lut.shape[0] < 2 or
                     <double>lut_hi > 2.0 ** (<double>(lut.shape[0] - 1) / (1 << _MBITS) + _EMIN)):
         raise ValueError("gamma table too short for its range")
     if n == 0:
         return
     with nogil:
-        _gamma_row(&v[0], n, gamma, &lut[0], lut_lo, lut_hi, use_lut, False)
+        _stretch_row(&v[0], n, stretch, gamma, p0, p1, &lut[0], lut_lo, lut_hi, use_lut, False)
 
 
 def finish_row(const float[::1] v, int cmap, float contrast, unsigned char[::1] out):
@@ -814,3 +896,62 @@ def finish_row(const float[::1] v, int cmap, float contrast, unsigned char[::1] 
             _cmap_row(&v[0], n, cmap, contrast, &out[0])
         else:
             _quant_row(&v[0], n, contrast, &out[0])
+
+
+# ----------------------------------------------------------------------------------------------
+# histogram (CNT=st, CNT=eq)
+# ----------------------------------------------------------------------------------------------
+
+cdef extern from *:
+    """
+    static inline int iipy_level1(float x, float mn, float f)
+    {
+        return iipy_quant1(iipy_norm1(x, mn, f), 1.0f);
+    }
+    """
+    int _level1 "iipy_level1" (float x, float mn, float f) noexcept nogil
+
+
+def histogram(const float[:, :, ::1] src, const float[::1] mins, const float[::1] factors,
+              int64_t[::1] out):
+    """out[q] += number of pixels whose level is q (out has 256 counts; it is not cleared).
+
+    A pixel's level is the mean over its channels of trunc(clamp(255 v, 0, 255)), v the
+    normalised value of render (non-finite samples give 0), rounded half up:
+    (2 sum + C) // (2 C) for C channels."""
+    cdef Py_ssize_t nchan = src.shape[0], h = src.shape[1], w = src.shape[2]
+    if mins.shape[0] < nchan or factors.shape[0] < nchan:
+        raise ValueError("per-channel arrays are too short")
+    if out.shape[0] != 256:
+        raise ValueError("out must hold 256 counts")
+    if nchan == 0 or h == 0 or w == 0:
+        return
+    cdef int64_t* sums = <int64_t*>malloc(w * sizeof(int64_t))
+    if sums == NULL:
+        raise MemoryError()
+    cdef Py_ssize_t i, j, k
+    cdef const float* row
+    cdef float mn, f
+    cdef int64_t c2 = 2 * nchan
+    try:
+        with nogil:
+            for i in range(h):
+                if nchan == 1:
+                    row = &src[0, i, 0]
+                    mn = mins[0]
+                    f = factors[0]
+                    for j in range(w):
+                        out[_level1(row[j], mn, f)] += 1
+                    continue
+                for j in range(w):
+                    sums[j] = 0
+                for k in range(nchan):
+                    row = &src[k, i, 0]
+                    mn = mins[k]
+                    f = factors[k]
+                    for j in range(w):
+                        sums[j] += _level1(row[j], mn, f)
+                for j in range(w):
+                    out[(2 * sums[j] + nchan) // c2] += 1
+    finally:
+        free(sums)

@@ -6,8 +6,21 @@ compiled loops. Each kernel has a NumPy twin under :data:`reference` (``referenc
 the twins are the specification the compiled code is tested against, and they are what runs when
 the extension has not been built (``ACCELERATED`` is then False).
 
-The render pipeline is the ASTRO order of the IIP protocol (normalise, CTW, band flattening, GAM,
-INV, CMP, quantise with CNT), computed in float32.
+The render pipeline is the ASTRO order of the IIP protocol, computed in float32:
+
+1. CNT=st only: each channel's range narrowed to the first and last non-empty levels of the
+   histogram (see :func:`histogram`);
+2. normalise with the per-channel range (non-finite samples give 0);
+3. CTW, then band flattening (2 channels -> channel 0, more than 3 -> channels 0-2);
+4. GAM, the stretch: f(max(v, 0)) with f one of POWER v**GAM, LOG log(1 + 255 v)/log(256)
+   (iipsrv 1.2's ``GAM=log``), ASINH asinh(v/BETA)/asinh(1/BETA), SQRT sqrt(v); values above 1
+   are not clipped before it, and every f maps 0 to 0 and 1 to 1;
+5. INV (1 - v);
+6. CMP (colormap of channel 0);
+7. quantise with CNT: truncate(clamp(v * 255 * CNT, 0, 255));
+8. CNT=eq only: each output byte q mapped through the cumulative histogram, round(255 C(q)/N).
+
+SHD (before CTW) and COL (between 7 and 8 in iipsrv) belong to the callers.
 """
 
 from __future__ import annotations
@@ -37,14 +50,33 @@ __all__ = [
     "CMAP_JET",
     "CMAP_NONE",
     "CMAP_RED",
+    "STRETCH_ASINH",
+    "STRETCH_LOG",
+    "STRETCH_POWER",
+    "STRETCH_SQRT",
+    "asinh_beta",
     "bin2x2",
     "cmap_code",
+    "equalization_table",
+    "equalize",
+    "histogram",
     "reference",
     "render",
     "to_float32",
 ]
 
 CMAP_NONE, CMAP_HOT, CMAP_COLD, CMAP_JET, CMAP_RED, CMAP_GREEN, CMAP_BLUE = range(7)
+
+#: Stretch codes (GAM): POWER uses GAM's number as the exponent, ASINH as its softening BETA.
+STRETCH_POWER, STRETCH_LOG, STRETCH_ASINH, STRETCH_SQRT = range(4)
+
+#: Default softening of the asinh stretch, and the range BETA is clamped to.
+ASINH_BETA = 0.1
+ASINH_BETA_MIN = 1e-6
+ASINH_BETA_MAX = 1e6
+
+#: Levels of the histogram used by CNT=st and CNT=eq.
+HISTOGRAM_LEVELS = 256
 
 _CMAP_NAMES = {
     "hot": CMAP_HOT,
@@ -65,12 +97,29 @@ except ImportError:  # pragma: no cover - only before the extension is built
 #: True when the compiled kernels are in use.
 ACCELERATED: bool = _ck is not None
 
-# Integer FITS sample types and floating types accepted by to_float32 (any byte order).
-_INT_KINDS = {("u", 1), ("i", 2), ("i", 4), ("i", 8)}
+# Integer and floating sample types accepted by to_float32 (any byte order): the FITS BITPIX
+# types and the other integer widths astropy hands out for data it has already shifted by BZERO
+# (uint16 for tile-compressed BITPIX=16 with BZERO=32768, int8 for BITPIX=8 with BZERO=-128...).
+_INT_KINDS = {(k, n) for k in "ui" for n in (1, 2, 4, 8)}
 _FLOAT_KINDS = {("f", 4), ("f", 8)}
 
 _F32 = np.float32
 _NAN32 = np.float32("nan")
+
+
+def asinh_beta(beta: float) -> float:
+    """BETA as the asinh stretch uses it: clamped to [ASINH_BETA_MIN, ASINH_BETA_MAX], NaN gives
+    the default ASINH_BETA."""
+    b = float(beta)
+    if math.isnan(b):
+        return ASINH_BETA
+    return min(max(b, ASINH_BETA_MIN), ASINH_BETA_MAX)
+
+
+def _f32(x: float) -> float:
+    """x rounded to float32 (beyond its range: +-inf, without a warning)."""
+    with np.errstate(over="ignore"):
+        return float(np.float32(x))
 
 
 def cmap_code(name: str) -> int:
@@ -138,35 +187,68 @@ def _check_src2(src: Any, name: str = "src") -> np.ndarray:
     return a
 
 
+def _check_src3(src: Any) -> np.ndarray:
+    """float32 (C, h, w) C-contiguous native (a 2-D src is one channel)."""
+    a = src if type(src) is np.ndarray else np.asarray(src)
+    if a.dtype.kind != "f" or a.dtype.itemsize != 4:
+        raise ValueError(f"src must be float32, got {a.dtype.str}")
+    if a.ndim == 2:
+        a = a[np.newaxis]
+    if a.ndim != 3:
+        raise ValueError(f"src must be (C, h, w) or (h, w), got shape {a.shape}")
+    if a.shape[0] < 1:
+        raise ValueError("src has no channel")
+    if not a.flags.c_contiguous or not a.dtype.isnative:
+        a = np.ascontiguousarray(a, dtype=np.float32)
+    return a
+
+
+def _stretch_params(stretch: Any, gamma: float) -> tuple[int, float, float, float]:
+    """(code, float32 exponent, p0, p1) of a stretch; see iipy_stretch1 in ext/_kernels.pyx.
+
+    LOG: p1 = 1/log(256). ASINH: BETA = asinh_beta(gamma), p0 = 1/BETA, p1 = 1/asinh(1/BETA), so
+    that f(1) = 1. POWER: the exponent is gamma rounded to float32. SQRT: no parameter."""
+    if isinstance(stretch, bool) or not isinstance(stretch, (int, np.integer)):
+        raise ValueError(f"unknown stretch code {stretch!r}")
+    code = int(stretch)
+    if not STRETCH_POWER <= code <= STRETCH_SQRT:
+        raise ValueError(f"unknown stretch code {stretch!r}")
+    if code == STRETCH_POWER:
+        return code, _f32(gamma), 0.0, 0.0
+    if code == STRETCH_LOG:
+        return code, 0.0, 0.0, 1.0 / math.log(256.0)
+    if code == STRETCH_ASINH:
+        inv_beta = 1.0 / asinh_beta(gamma)
+        return code, 0.0, inv_beta, 1.0 / math.asinh(inv_beta)
+    return code, 0.0, 0.0, 0.0
+
+
 class _RenderPlan:
-    """Validated render parameters, shared by the compiled kernel and its twin."""
+    """Validated render parameters, shared by the compiled kernel and its twin.
+
+    Every float parameter is accepted (huge, negative, infinite, NaN): validation never raises
+    for a number, only for a wrong type or shape."""
 
     __slots__ = ("src", "nchan", "mins", "factors", "ctw", "gamma", "invert", "cmap", "contrast",
-                 "nout", "ncomp")
+                 "nout", "ncomp", "stretch", "g32", "p0", "p1", "use_gamma", "c32", "_d")
 
     def __init__(self, src: Any, mins: Any, maxs: Any, ctw: Any, gamma: float, invert: bool,
-                 cmap: int, contrast: float) -> None:
-        a = src if type(src) is np.ndarray else np.asarray(src)
-        if a.dtype.kind != "f" or a.dtype.itemsize != 4:
-            raise ValueError(f"src must be float32, got {a.dtype.str}")
-        if a.ndim == 2:
-            a = a[np.newaxis]
-        if a.ndim != 3:
-            raise ValueError(f"src must be (C, h, w) or (h, w), got shape {a.shape}")
+                 cmap: int, contrast: float, stretch: int = STRETCH_POWER) -> None:
+        a = _check_src3(src)
         c = a.shape[0]
-        if c < 1:
-            raise ValueError("src has no channel")
-        if not a.flags.c_contiguous or not a.dtype.isnative:
-            a = np.ascontiguousarray(a, dtype=np.float32)
         self.src = a
         self.nchan = c
-        self.mins, self.factors = _range_factors(mins, maxs, c)
+        self.mins, self.factors, self._d = _range_factors(mins, maxs, c)
         self.ctw = _ctw_matrix(ctw)
         try:
             self.gamma = float(gamma)
             self.contrast = float(contrast)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"bad gamma or contrast: {exc}") from None
+        self.stretch, self.g32, self.p0, self.p1 = _stretch_params(stretch, self.gamma)
+        # POWER with exponent 1 is the identity (and skips the max(v, 0) of the other values).
+        self.use_gamma = self.stretch != STRETCH_POWER or self.gamma != 1.0
+        self.c32 = _f32(self.contrast)
         self.invert = bool(invert)
         try:
             cm = int(cmap)
@@ -178,6 +260,22 @@ class _RenderPlan:
         # Channels computed after CTW + flattening, and channels written to the output.
         self.ncomp = 1 if (c <= 2 or cm != CMAP_NONE) else 3
         self.nout = 3 if (cm != CMAP_NONE or c >= 3) else 1
+
+    def narrow(self, hist: np.ndarray) -> None:
+        """CNT=st: map the first and last non-empty levels n0, n1 of ``hist`` to 0 and 1, i.e.
+        v' = (255 v - n0) / (n1 - n0) for the normalised v of each channel, done by changing
+        each channel's min to min + d n0/255 and its factor to f 255/(n1 - n0) (d = max - min,
+        f = 1/d; float64 then float32). n1 == n0 gives factor 1e30, an empty histogram nothing."""
+        nz = np.flatnonzero(hist)
+        if nz.size == 0:
+            return
+        n0, n1 = int(nz[0]), int(nz[-1])
+        self.mins = array("f", [m + d * (n0 / 255.0) for m, d in zip(self.mins, self._d,
+                                                                      strict=True)])
+        if n1 > n0:
+            self.factors = array("f", [f * (255.0 / (n1 - n0)) for f in self.factors])
+        else:
+            self.factors = array("f", [1e30] * self.nchan)
 
 
 def _per_channel(values: Any, c: int, what: str) -> list[float]:
@@ -197,8 +295,10 @@ def _per_channel(values: Any, c: int, what: str) -> list[float]:
     return vals[:c]
 
 
-def _range_factors(mins: Any, maxs: Any, c: int) -> tuple[array[float], array[float]]:
-    """float32 mins and factors: d = max - min, f = 1/d if |d| > 1e-30 else 1e30 (NaN d -> 1e30).
+def _range_factors(mins: Any, maxs: Any,
+                   c: int) -> tuple[array[float], array[float], array[float]]:
+    """float32 mins, factors and ranges: d = max - min, f = 1/d if |d| > 1e-30 else 1e30
+    (NaN d -> 1e30).
 
     Computed with Python floats rounded to float32 after each operation (array 'f'): rounding a
     float64 result of +, -, * or / of float32 operands to float32 gives the float32 result.
@@ -207,7 +307,7 @@ def _range_factors(mins: Any, maxs: Any, c: int) -> tuple[array[float], array[fl
     mx = array("f", _per_channel(maxs, c, "max"))
     d = array("f", [b - a for a, b in zip(mn, mx, strict=True)])
     fac = array("f", [1.0 / x if abs(x) > 1e-30 else 1e30 for x in d])
-    return mn, fac
+    return mn, fac, d
 
 
 def _ctw_matrix(ctw: Any) -> np.ndarray | None:
@@ -350,22 +450,81 @@ def _ref_render_plan(p: _RenderPlan) -> np.ndarray:
                 mixed[k] = acc
             v = mixed
         v = v[: p.ncomp]
-        if p.gamma != 1.0:
-            v = np.maximum(v, _F32(0)) ** _F32(p.gamma)
+        if p.use_gamma:
+            v = _ref_stretch(v, p)
         if p.invert:
             v = _F32(1) - v
         if p.cmap != CMAP_NONE:
             v = _ref_colormap(v[0], p.cmap)
-        q = _ref_quantise(v, p.contrast)
+        q = _ref_quantise(v, p.c32)
     if q.shape[0] == 1:
         return np.ascontiguousarray(q[0])
     return np.ascontiguousarray(np.moveaxis(q, 0, -1))
 
 
+def _ref_stretch(v: np.ndarray, p: _RenderPlan) -> np.ndarray:
+    """GAM: f(max(v, 0)); LOG and ASINH evaluated in float64 and rounded once to float32."""
+    v = np.maximum(v, _F32(0))
+    if p.stretch == STRETCH_POWER:
+        return v ** _F32(p.g32)
+    if p.stretch == STRETCH_SQRT:
+        return np.sqrt(v)
+    x = v.astype(np.float64)
+    if p.stretch == STRETCH_LOG:
+        return (np.log1p(255.0 * x) * p.p1).astype(np.float32)
+    return (np.arcsinh(x * p.p0) * p.p1).astype(np.float32)
+
+
+def _ref_histogram(src: Any, mins: Any, maxs: Any) -> np.ndarray:
+    a = _check_src3(src)
+    c = a.shape[0]
+    mn, fac, _ = _range_factors(mins, maxs, c)
+    return _ref_levels_histogram(a, mn, fac)
+
+
+def _ref_levels_histogram(a: np.ndarray, mn: array[float], fac: array[float]) -> np.ndarray:
+    c = a.shape[0]
+    with np.errstate(all="ignore"):
+        v = (a - np.asarray(mn, np.float32)[:, None, None]) * \
+            np.asarray(fac, np.float32)[:, None, None]
+        v[~np.isfinite(a)] = 0
+        levels = _ref_quantise(v, 1.0).astype(np.int64).sum(axis=0)
+    # round half up of the channel mean, in integers
+    levels = (2 * levels + c) // (2 * c)
+    return np.bincount(levels.reshape(-1), minlength=HISTOGRAM_LEVELS).astype(np.int64)
+
+
+def _ref_equalize(pixels: np.ndarray, histogram: Any) -> np.ndarray:
+    h = _check_histogram(histogram)
+    q = _check_pixels(pixels)
+    n = int(h.sum())
+    if n == 0:
+        return q.copy()
+    cum = np.cumsum(h)
+    return ((2 * 255 * cum[q.astype(np.intp)] + n) // (2 * n)).astype(np.uint8)
+
+
+def _ref_render_all(p: _RenderPlan, autostretch: bool, equalize: bool,
+                    histogram: Any) -> np.ndarray:
+    hist = None
+    if autostretch or equalize:
+        hist = (_check_histogram(histogram) if histogram is not None
+                else _ref_levels_histogram(p.src, p.mins, p.factors))
+        if autostretch:
+            p.narrow(hist)
+    out = _ref_render_plan(p)
+    if equalize:
+        out = _ref_equalize(out, hist)
+    return out
+
+
 def _ref_render(src: np.ndarray, mins: Sequence[float] | np.ndarray | float,
                 maxs: Sequence[float] | np.ndarray | float, ctw: Any = None, gamma: float = 1.0,
-                invert: bool = False, cmap: int = CMAP_NONE, contrast: float = 1.0) -> np.ndarray:
-    return _ref_render_plan(_RenderPlan(src, mins, maxs, ctw, gamma, invert, cmap, contrast))
+                invert: bool = False, cmap: int = CMAP_NONE, contrast: float = 1.0,
+                stretch: int = STRETCH_POWER, autostretch: bool = False, equalize: bool = False,
+                histogram: np.ndarray | None = None) -> np.ndarray:
+    p = _RenderPlan(src, mins, maxs, ctw, gamma, invert, cmap, contrast, stretch)
+    return _ref_render_all(p, autostretch, equalize, histogram)
 
 
 #: NumPy twins of the kernels, with the same signatures: ``reference.render(...)`` etc.
@@ -375,31 +534,58 @@ reference = SimpleNamespace(
     render=_ref_render,
     colormap=_ref_colormap,
     quantise=_ref_quantise,
+    stretch=_ref_stretch,
+    histogram=_ref_histogram,
+    equalize=_ref_equalize,
 )
 
 
+def _check_histogram(histogram: Any) -> np.ndarray:
+    h = np.asarray(histogram)
+    if h.shape != (HISTOGRAM_LEVELS,) or h.dtype.kind not in "ui":
+        raise ValueError(f"histogram must hold {HISTOGRAM_LEVELS} integer counts")
+    h = h.astype(np.int64)
+    if (h < 0).any():
+        raise ValueError("histogram counts must not be negative")
+    return h
+
+
+def _check_pixels(pixels: Any) -> np.ndarray:
+    q = np.asarray(pixels)
+    if q.dtype != np.uint8:
+        raise ValueError(f"pixels must be uint8, got {q.dtype.str}")
+    return q
+
+
 # --------------------------------------------------------------------------------------------
-# Gamma lookup table
+# Stretch lookup tables
 # --------------------------------------------------------------------------------------------
 #
-# powf per pixel would dominate the render time, so for v in [2**LUT_EMIN, 2**e_hi) the compiled
-# kernel interpolates v**gamma linearly in a table indexed by the top bits of the float32
-# representation of v (exponent + LUT_MBITS mantissa bits): each octave holds 2**LUT_MBITS equal
-# steps, so the *relative* interpolation error is the same everywhere, including near v = 0 where
-# the slope of v**gamma (gamma < 1) is unbounded. Elsewhere (v <= 0 -> 0; tiny v, v >= 2**e_hi,
-# +inf, NaN -> powf) the formula is computed exactly.
+# powf (or log1p, asinh) per pixel would dominate the render time, so for v in
+# [2**LUT_EMIN, 2**e_hi) the compiled kernel interpolates f(v) linearly in a table indexed by the
+# top bits of the float32 representation of v (exponent + LUT_MBITS mantissa bits): each octave
+# holds 2**LUT_MBITS equal steps, so the interval [a, a(1+d)] holding v, d = 2**-LUT_MBITS, is
+# short where f bends most (near v = 0). Elsewhere (v <= 0 -> 0; tiny v, v >= 2**e_hi, +inf,
+# NaN -> the exact formula) nothing is approximated. SQRT has no table: sqrtf is exact and fast.
 #
-# Error bound: on [a, a(1+d)], d = 2**-LUT_MBITS, linear interpolation of f(v) = v**g is off by at
-# most max|f''| (a d)**2 / 8 <= g |g-1| d**2 (1+d)**|g-2| f(a) / 8, a relative error
-# r(g) = g |g-1| d**2 (1+d)**|g-2| / 8; lut_relative_error adds 8 float32 epsilons for the
-# roundings of the table entries and of the interpolation. Below 2**e_hi, v**g < 2**(e_hi g), so
-# the absolute error is below r 2**(e_hi g). INV keeps absolute errors, a colormap multiplies them
-# by at most S = 4 (JET) or 3 (HOT, COLD), and quantisation by 255 |CNT|: the error before
-# truncation is at most E = r 2**(e_hi g) S 255 |CNT| DN. The table is used only when E <= 0.5
-# (lut_upper_exponent picks the largest e_hi <= LUT_EMAX that allows it), which keeps every output
-# within 1 DN of the exact formula (truncating two numbers less than 1 apart gives results at most
-# 1 apart; clamping only brings them closer). tests/unit/test_kernels.py checks both the bound and
-# the 1 DN promise on dense sweeps of v.
+# Error bound: linear interpolation of f on [a, a(1+d)] is off by at most max|f''| (a d)**2 / 8.
+# - POWER f(v) = v**g: max|f''| (a d)**2 / 8 <= g |g-1| d**2 (1+d)**|g-2| f(a) / 8, a relative
+#   error r(g) = g |g-1| d**2 (1+d)**|g-2| / 8; lut_relative_error adds 8 float32 epsilons for
+#   the roundings of the table entries and of the interpolation. Below 2**e_hi, v**g < 2**(e_hi g),
+#   so the absolute error is below r 2**(e_hi g).
+# - LOG f(v) = log(1 + k v)/L, k = 255, L = log(256): |f''(v)| = k**2 / ((1 + k v)**2 L) is
+#   largest at a, so the error is below (k a)**2 d**2 / (8 (1 + k a)**2 L) < d**2 / (8 L).
+# - ASINH f(v) = asinh(v/b)/A, A = asinh(1/b): with u = v/b, |f''(v)| = u / ((1 + u**2)**1.5
+#   b**2 A), so (a d)**2 |f''| <= d**2 u**3 / ((1 + u**2)**1.5 A) = d**2 G(u) / A with
+#   G(u) = (u**2 / (1 + u**2))**1.5 increasing (and < 1): the error is below
+#   d**2 G(2**e_hi / b) / (8 A).
+# For LOG and ASINH, 8 float32 epsilons of f(2**e_hi) are added for the roundings. INV keeps
+# absolute errors, a colormap multiplies them by at most S = 4 (JET) or 3 (HOT, COLD), and
+# quantisation by 255 |CNT|: the error before truncation is at most E = err S 255 |CNT| DN. The
+# table is used only when E <= 0.5 (the largest e_hi <= LUT_EMAX that allows it), which keeps
+# every output within 1 DN of the exact formula (truncating two numbers less than 1 apart gives
+# results at most 1 apart; clamping only brings them closer). tests/unit/test_kernels.py and
+# tests/unit/test_stretches.py check the bounds and the 1 DN promise on dense sweeps of v.
 
 LUT_MBITS = 8
 LUT_EMIN = -24
@@ -412,13 +598,14 @@ if _ck is not None and (_ck.LUT_MBITS != LUT_MBITS or _ck.LUT_EMIN != LUT_EMIN):
     raise ImportError("iipy._kernels was built with another gamma table layout; rebuild it")
 
 _lut_lock = threading.Lock()
-_lut_cache: LRU[float, np.ndarray] = LRU(16)
+_lut_cache: LRU[tuple[int, float], np.ndarray] = LRU(16)
 
 
-def _gamma_lut(gamma: float) -> np.ndarray:
-    """float32 table of v**gamma at v = 2**e (1 + m / 2**LUT_MBITS), e in [LUT_EMIN, LUT_EMAX)."""
+def _stretch_lut(stretch: int, g32: float, p0: float, p1: float) -> np.ndarray:
+    """float32 table of f(v) at v = 2**e (1 + m / 2**LUT_MBITS), e in [LUT_EMIN, LUT_EMAX)."""
+    key = (stretch, g32 if stretch == STRETCH_POWER else p0)
     with _lut_lock:
-        lut = _lut_cache.get(gamma)
+        lut = _lut_cache.get(key)
         if lut is not None:
             return lut
     i = np.arange(_LUT_SIZE, dtype=np.float64)
@@ -426,35 +613,84 @@ def _gamma_lut(gamma: float) -> np.ndarray:
     m = (i % (1 << LUT_MBITS)) / (1 << LUT_MBITS)
     v = np.ldexp(1.0 + m, e.astype(np.int64))
     with np.errstate(over="ignore"):
-        lut = np.power(v, gamma).astype(np.float32)
+        if stretch == STRETCH_POWER:
+            lut = np.power(v, g32).astype(np.float32)
+        elif stretch == STRETCH_LOG:
+            lut = (np.log1p(255.0 * v) * p1).astype(np.float32)
+        elif stretch == STRETCH_ASINH:
+            lut = (np.arcsinh(v * p0) * p1).astype(np.float32)
+        else:
+            raise ValueError(f"stretch {stretch} has no table")
     lut.setflags(write=False)
     with _lut_lock:
-        _lut_cache.put(gamma, lut)
+        _lut_cache.put(key, lut)
     return lut
 
 
+def _gamma_lut(gamma: float) -> np.ndarray:
+    """float32 table of v**gamma (see _stretch_lut)."""
+    return _stretch_lut(STRETCH_POWER, float(gamma), 0.0, 0.0)
+
+
 def lut_relative_error(gamma: float) -> float:
-    """Bound on the relative error of the gamma table (interpolation plus float32 rounding)."""
+    """Bound on the relative error of the gamma table (interpolation plus float32 rounding);
+    inf when it does not fit a float (huge or non-finite gamma)."""
     d = 2.0 ** -LUT_MBITS
     g = float(gamma)
-    return float(g * abs(g - 1.0) * d * d * (1.0 + d) ** abs(g - 2.0) / 8.0 + 8.0 * _EPS32)
+    if not math.isfinite(g):
+        return math.inf
+    try:
+        r = abs(g) * abs(g - 1.0) * d * d * (1.0 + d) ** abs(g - 2.0) / 8.0 + 8.0 * _EPS32
+    except OverflowError:
+        return math.inf
+    return float(r) if math.isfinite(r) else math.inf
+
+
+def _table_error(stretch: int, g32: float, p0: float, p1: float, e_hi: int) -> float:
+    """Bound on the absolute error of the table of a stretch over [2**LUT_EMIN, 2**e_hi)."""
+    d = 2.0 ** -LUT_MBITS
+    hi = 2.0**e_hi
+    if stretch == STRETCH_POWER:
+        r = lut_relative_error(g32)
+        if not math.isfinite(r) or e_hi * g32 > 1000.0:
+            return math.inf
+        return r * 2.0 ** (e_hi * g32)
+    if stretch == STRETCH_LOG:
+        return d * d * p1 / 8.0 + 8.0 * _EPS32 * math.log1p(255.0 * hi) * p1
+    if stretch == STRETCH_ASINH:
+        u = hi * p0
+        g = (1.0 / (1.0 + 1.0 / (u * u))) ** 1.5
+        return d * d * g * p1 / 8.0 + 8.0 * _EPS32 * math.asinh(u) * p1
+    return math.inf
 
 
 @functools.lru_cache(maxsize=256)
-def lut_upper_exponent(gamma: float, contrast: float, cmap: int) -> int | None:
-    """Largest e_hi (<= LUT_EMAX) for which the table keeps every output within 1 DN, or None."""
-    g = float(gamma)
-    if not (g > 0.0) or not math.isfinite(g) or g == 1.0:
+def _table_upper_exponent(stretch: int, g32: float, p0: float, p1: float, contrast: float,
+                          cmap: int) -> int | None:
+    if stretch == STRETCH_POWER and (not (g32 > 0.0) or not math.isfinite(g32) or g32 == 1.0):
+        return None
+    if stretch not in (STRETCH_POWER, STRETCH_LOG, STRETCH_ASINH):
         return None
     slope = {CMAP_JET: 4.0, CMAP_HOT: 3.0, CMAP_COLD: 3.0}.get(cmap, 1.0)
     cnt = abs(float(contrast))
     if not math.isfinite(cnt):
         return None
-    r = lut_relative_error(g)
     for e_hi in range(LUT_EMAX, -1, -1):
-        if r * 2.0 ** (e_hi * g) * slope * 255.0 * cnt <= _LUT_MAX_ERR_DN:
+        if _table_error(stretch, g32, p0, p1, e_hi) * slope * 255.0 * cnt <= _LUT_MAX_ERR_DN:
             return e_hi
     return None
+
+
+def lut_upper_exponent(gamma: float, contrast: float, cmap: int) -> int | None:
+    """Largest e_hi (<= LUT_EMAX) for which the gamma table keeps every output within 1 DN, or
+    None (exact powf). Never raises for a float argument."""
+    try:
+        g, c = float(gamma), float(contrast)
+    except (TypeError, ValueError):
+        return None
+    if math.isnan(g) or math.isnan(c):
+        return None
+    return _table_upper_exponent(STRETCH_POWER, g, 0.0, 0.0, c, int(cmap))
 
 
 # --------------------------------------------------------------------------------------------
@@ -466,10 +702,11 @@ def to_float32(raw: np.ndarray, bscale: float = 1.0, bzero: float = 0.0, blank: 
                flip: bool = False, out: np.ndarray | None = None) -> np.ndarray:
     """Convert a 2-D window of FITS samples to physical float32 values.
 
-    raw: (h, w) of u1, i2, i4, i8, f4 or f8 in either byte order, possibly a strided read-only view
-    of a memmap. Returns float32 (h, w) C-contiguous (``out`` if given): raw*bscale + bzero computed
-    in float64 then rounded (float samples without scaling are copied), integer samples equal to
-    ``blank`` become NaN, and with ``flip`` output row i is raw row h-1-i.
+    raw: (h, w) of u1, i1, u2, i2, u4, i4, u8, i8, f4 or f8 in either byte order, possibly a
+    strided read-only view of a memmap. Returns float32 (h, w) C-contiguous (``out`` if given):
+    raw*bscale + bzero computed in float64 then rounded (float samples without scaling are
+    copied), integer samples equal to ``blank`` become NaN, and with ``flip`` output row i is
+    raw row h-1-i.
     """
     if _ck is None:
         return _ref_to_float32(raw, bscale, bzero, blank, flip, out)
@@ -486,8 +723,12 @@ def to_float32(raw: np.ndarray, bscale: float = 1.0, bzero: float = 0.0, blank: 
     if swap:
         # Same bytes seen as the native type; the kernel reverses the bytes of each sample.
         a = a.view(a.dtype.newbyteorder("="))
+    if b is None:
+        b64 = 0
+    else:
+        b64 = b - (1 << 64) if b >= (1 << 63) else b  # a uint64 BLANK as the same 64 bits
     _ck.to_float32(a, swap, bscale, bzero, not _is_unscaled(bscale, bzero), b is not None,
-                   0 if b is None else b, bool(flip), res)
+                   b64, bool(flip), res)
     return res
 
 
@@ -516,33 +757,101 @@ def bin2x2(src: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
 
 def render(src: np.ndarray, mins: Sequence[float] | np.ndarray | float,
            maxs: Sequence[float] | np.ndarray | float, ctw: Any = None, gamma: float = 1.0,
-           invert: bool = False, cmap: int = CMAP_NONE, contrast: float = 1.0) -> np.ndarray:
+           invert: bool = False, cmap: int = CMAP_NONE, contrast: float = 1.0,
+           stretch: int = STRETCH_POWER, autostretch: bool = False, equalize: bool = False,
+           histogram: np.ndarray | None = None) -> np.ndarray:
     """Physical float32 (C, h, w) -> uint8 (h, w) grey or (h, w, 3) colour, C-contiguous.
 
-    ASTRO pipeline in float32: normalise with mins/maxs (non-finite -> 0), CTW (rows k < min(K, C),
-    missing rows 0), band flattening (2 channels -> channel 0, more than 3 -> channels 0-2), GAM,
-    INV, CMP (colormap of channel 0), then truncate(clamp(v * 255 * contrast, 0, 255)).
+    ASTRO pipeline in float32 (the module's docstring lists the steps): normalise with mins/maxs
+    (non-finite -> 0), CTW (rows k < min(K, C), missing rows 0), band flattening (2 channels ->
+    channel 0, more than 3 -> channels 0-2), GAM (the stretch ``stretch``; ``gamma`` is its
+    number: the exponent of STRETCH_POWER, BETA of STRETCH_ASINH, unused by LOG and SQRT), INV,
+    CMP (colormap of channel 0), then truncate(clamp(v * 255 * contrast, 0, 255)).
     A 2-D src is a single channel; a scalar min/max applies to every channel.
+
+    ``autostretch`` (CNT=st) narrows each range to the first and last non-empty levels of the
+    histogram; ``equalize`` (CNT=eq) maps the output bytes through it (iipsrv does that after
+    COL: callers applying COL use :func:`equalize` after it instead). ``histogram`` is the
+    256 counts of :func:`histogram`; None computes them from ``src`` itself with mins/maxs (a
+    whole image; for tiles, pass the histogram of the smallest level so that tiles agree).
+    Every float parameter is accepted: none raises, whatever its value.
     """
-    p = _RenderPlan(src, mins, maxs, ctw, gamma, invert, cmap, contrast)
+    p = _RenderPlan(src, mins, maxs, ctw, gamma, invert, cmap, contrast, stretch)
     if _ck is None:
-        return _ref_render_plan(p)
+        return _ref_render_all(p, autostretch, equalize, histogram)
+    hist = None
+    if autostretch or equalize:
+        hist = (_check_histogram(histogram) if histogram is not None
+                else _levels_histogram(p.src, p.mins, p.factors))
+        if autostretch:
+            p.narrow(hist)
     _, h, w = p.src.shape
     out = np.empty((h, w, p.nout), dtype=np.uint8)
     if h == 0 or w == 0:
         return out.reshape(h, w) if p.nout == 1 else out
-    use_gamma = p.gamma != 1.0
-    g32 = float(np.float32(p.gamma))
     lut, lut_hi = _EMPTY_LUT, 0.0
-    if use_gamma:
-        e_hi = lut_upper_exponent(g32, p.contrast, p.cmap)
+    if p.use_gamma and not math.isnan(p.contrast):
+        e_hi = _table_upper_exponent(p.stretch, p.g32, p.p0, p.p1, p.contrast, p.cmap)
         if e_hi is not None:
-            lut, lut_hi = _gamma_lut(g32), float(2.0**e_hi)
+            lut, lut_hi = _stretch_lut(p.stretch, p.g32, p.p0, p.p1), float(2.0**e_hi)
     has_ctw = p.ctw is not None
-    _ck.render(p.src, p.mins, p.factors, p.ctw if has_ctw else _EMPTY_CTW, has_ctw, g32,
-               use_gamma, lut, _LUT_LO, lut_hi, p.invert, p.cmap,
-               float(np.float32(p.contrast)), out.reshape(h, w * p.nout))
-    return out.reshape(h, w) if p.nout == 1 else out
+    _ck.render(p.src, p.mins, p.factors, p.ctw if has_ctw else _EMPTY_CTW, has_ctw, p.stretch,
+               p.g32, p.p0, p.p1, p.use_gamma, lut, _LUT_LO, lut_hi, p.invert, p.cmap, p.c32,
+               out.reshape(h, w * p.nout))
+    res = out.reshape(h, w) if p.nout == 1 else out
+    if equalize:
+        assert hist is not None
+        res = np.take(equalization_table(hist), res)
+    return res
+
+
+def histogram(src: np.ndarray, mins: Sequence[float] | np.ndarray | float,
+              maxs: Sequence[float] | np.ndarray | float) -> np.ndarray:
+    """The 256 counts of levels used by CNT=st and CNT=eq (int64), as iipsrv 1.2 computes them.
+
+    A pixel's level is the mean over its channels of its 8-bit value at contrast 1
+    (truncate(clamp(255 v, 0, 255)), v normalised with mins/maxs as in render; non-finite samples
+    give 0), rounded half up.
+
+    iipsrv 1.2 computes it from the smallest resolution level of the image (tile 0 of level 0)
+    and keeps the first one per image, whatever range later requests give. Callers should use
+    the smallest level too, so that every tile of a view gets the same mapping (a histogram of
+    each tile would show seams), but with each request's range.
+    """
+    if _ck is None:
+        return _ref_histogram(src, mins, maxs)
+    a = _check_src3(src)
+    mn, fac, _ = _range_factors(mins, maxs, a.shape[0])
+    return _levels_histogram(a, mn, fac)
+
+
+def _levels_histogram(a: np.ndarray, mn: array[float], fac: array[float]) -> np.ndarray:
+    out = np.zeros(HISTOGRAM_LEVELS, dtype=np.int64)
+    if _ck is None:
+        return _ref_levels_histogram(a, mn, fac)
+    _ck.histogram(a, mn, fac, out)
+    return out
+
+
+def equalization_table(histogram: np.ndarray) -> np.ndarray:
+    """CNT=eq: byte q -> round(255 C(q) / N), C the cumulative counts, N the total (uint8, 256
+    entries; the identity for an empty histogram).
+
+    iipsrv 1.2 also subtracts C(first non-empty level) / (pixels of the tile), which mixes the
+    counts of two images and moves a value by less than 255 / (pixels of the tile) levels; iipy
+    leaves it out."""
+    h = _check_histogram(histogram)
+    n = int(h.sum())
+    if n == 0:
+        return np.arange(HISTOGRAM_LEVELS, dtype=np.uint8)
+    cum = np.cumsum(h)
+    return ((2 * 255 * cum + n) // (2 * n)).astype(np.uint8)
+
+
+def equalize(pixels: np.ndarray, histogram: np.ndarray) -> np.ndarray:
+    """CNT=eq on 8-bit output (grey or colour, every channel alike): a new uint8 array."""
+    q = _check_pixels(pixels)
+    return np.take(equalization_table(histogram), q)
 
 
 _EMPTY_LUT = np.zeros(2, dtype=np.float32)
