@@ -3,6 +3,7 @@
   iipy --version
   iipy serve PATH...           look at FITS files or folders in a browser (no web server needed)
   iipy info FILE.fits[EXT]     what the server reports for a file (OBJ answers, header)
+  iipy pyramid FILE.fits...    build the reduced levels ahead of the first request
   iipy settings [--rst]        every setting, its effective value (or the README table)
 """
 
@@ -36,7 +37,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             "utf-8", "replace").strip() or response.status))
         return 1
     sys.stdout.write(response.body.decode("utf-8", "replace").replace("\r\n", "\n"))
-    fits_image = app.store.open(resolve(fif, settings)).fits
+    fits_image = app.store.open(resolve(fif, settings)).source
     print("Channels:%d%s" % (fits_image.channels, "".join(
         " " + (label or "-") for label in fits_image.labels) if fits_image.channels > 1 else ""))
     print("BITPIX:%d BSCALE:%g BZERO:%g BLANK:%s" % (fits_image.bitpix, fits_image.bscale,
@@ -47,6 +48,40 @@ def cmd_info(args: argparse.Namespace) -> int:
         for i in range(0, len(subject), 80):
             print("  " + subject[i : i + 80].rstrip())
     return 0
+
+
+def cmd_pyramid(args: argparse.Namespace) -> int:
+    """Build the shared pyramid of each file in IIPY_CACHE_DIR, as the server would on the
+    first request, with a progress bar; a pyramid already there is only checked."""
+    import time
+
+    from iipy.errors import IIPyError
+    from iipy.imaging.paths import resolve, split_selector
+    from iipy.imaging.store import ImageStore
+    from iipy.settings import Settings
+    from iipy.viewer.progress import Progress
+
+    base = Settings.from_environ().replace(filesystem_suffix="", verbosity=0)
+    failed = 0
+    for given in args.files:
+        name, selector = split_selector(given)
+        path = os.path.abspath(name)
+        settings = base.replace(filesystem_prefix=os.path.dirname(path) + "/")
+        fif = os.path.basename(path) + ("[%s]" % selector if selector else "")
+        store = ImageStore(settings, progress=Progress(sys.stderr))
+        start = time.monotonic()
+        try:
+            image = store.open(resolve(fif, settings))
+            ranges = image.ranges  # builds (or loads) the pyramid
+        except IIPyError as exc:
+            sys.stderr.write("iipy pyramid: %s: %s\n" % (given, exc.message))
+            failed += 1
+            continue
+        print("%s: %d levels in %s, display range %s (%.2f s)" % (
+            given, image.grid.num_resolutions, settings.cache_dir,
+            ", ".join("%.6g..%.6g" % (r.lo, r.hi) for r in ranges),
+            time.monotonic() - start))
+    return 1 if failed else 0
 
 
 def cmd_settings(args: argparse.Namespace) -> int:
@@ -83,6 +118,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("file", help="FITS file, optionally with an extension selector: f.fits[2]")
     p.add_argument("--header", action="store_true", help="also print the header sent as subject")
     p.set_defaults(func=cmd_info)
+    p = sub.add_parser("pyramid", help="build the reduced resolution levels of FITS files "
+                       "ahead of their first request",
+                       description="Build the shared pyramid of each file in IIPY_CACHE_DIR "
+                       "(the directory the server uses), so that the first view of a large "
+                       "file does not wait for it.")
+    p.add_argument("files", nargs="+", metavar="FILE",
+                   help="FITS file, optionally with an extension selector: f.fits[2]")
+    p.set_defaults(func=cmd_pyramid)
     p = sub.add_parser("settings", help="list the settings and their effective values")
     p.add_argument("--rst", action="store_true", help="print the README table instead")
     p.set_defaults(func=cmd_settings)

@@ -1,0 +1,40 @@
+"""The ``iipy`` command: ``iipy pyramid`` builds what the server then only loads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from iipy import cli
+from iipy.imaging import pyramid as pyramid_module
+from iipy.protocols.router import Application
+from iipy.settings import Settings
+
+
+def test_pyramid_prebuilds_what_the_server_then_loads(tmp_path, monkeypatch, capsys):
+    rng = np.random.default_rng(3)
+    data = rng.normal(100, 5, (700, 1001)).astype(np.float32)
+    fits.PrimaryHDU(data).writeto(tmp_path / "a.fits")
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("IIPY_CACHE_DIR", str(cache))
+    assert cli.main(["pyramid", str(tmp_path / "a.fits"), str(tmp_path / "missing.fits")]) == 1
+    out, err = capsys.readouterr()
+    assert "a.fits: 3 levels in %s" % cache in out
+    assert "missing.fits is neither a file nor part of an image sequence" in err
+    built = sorted(p.name for p in cache.iterdir() if p.is_dir())
+    assert len(built) == 1
+
+    def no_build(self, *args, **kwargs):
+        raise AssertionError("the server built the pyramid again")
+
+    monkeypatch.setattr(pyramid_module.Pyramid, "_build", no_build)
+    app = Application(Settings.from_environ({"FILESYSTEM_PREFIX": str(tmp_path) + "/",
+                                             "IIPY_CACHE_DIR": str(cache)}))
+    response = app.handle({"QUERY_STRING": "FIF=a.fits&JTL=0,0"})
+    assert response.status == 200 and response.body.startswith(b"\xff\xd8")
+
+
+def test_pyramid_needs_a_file():
+    with pytest.raises(SystemExit):
+        cli.main(["pyramid"])
