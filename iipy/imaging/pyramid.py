@@ -9,52 +9,111 @@ rows.
 
 On disk (``IIPY_CACHE_DIR``) a pyramid is a directory named after a hash of the image's
 identity (real path, extension, size, mtime) and of this format's version: one
-``levelK.f32`` file per level and ``meta.json``, written last.  Files are written under a
-temporary name and renamed into place, under an exclusive ``fcntl`` lock, so one worker
-builds while the others wait, and nothing half-written is ever read.  If the directory
-cannot be written, the levels are built in memory instead (per worker).
+``levelK.f32`` file per level and ``meta.json``, written last.  Under an exclusive
+``fcntl`` lock one worker builds while the others wait: every level file is first
+preallocated in full (``posix_fallocate``), so that writing through its memory map can
+never meet a full file system (which would kill the worker with SIGBUS), then written
+under a temporary name and renamed into place; a directory without ``meta.json``, or
+whose level files do not have their full size, is never read.  Every worker that has
+the pyramid open holds a shared lock on it, so that it is never evicted while in use;
+``pyramid_dir`` keeps the directory within its bound.
+
+When the pyramid cannot be on disk (the directory is not writable, the file system is
+full, or the pyramid alone exceeds the directory's bound), it is kept in memory by each
+worker instead, within ``IIPY_PYRAMID_MEMORY_MB`` per worker: the smallest levels that
+fit are built in one pass, and windows of the larger ones are computed per request from
+the full-resolution data, in bands of bounded size (the same values, bit for bit).  This
+is logged once per image and worker, not per request.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
 import os
+import random
 import shutil
 import time
 from typing import Callable
 
 import numpy as np
 
-from iipy.errors import ImagingError, UnreadableImage
-from iipy.imaging import kernels
+from iipy.cache import LRU
+from iipy.errors import UnreadableImage
+from iipy.imaging import kernels, pyramid_dir
 from iipy.imaging.geometry import Grid
 from iipy.imaging.source import DisplayRange, ImageSource
 from iipy.imaging.sources.fits import robust_range
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-#: Bytes of float32 rows read at once while binning (bounds the build's memory).
+FORMAT_VERSION = pyramid_dir.FORMAT_VERSION
+#: Bytes of float32 rows read at once while binning (bounds the build's memory, and that
+#: of a window computed from full resolution).
 BAND_BYTES = 32 << 20
 #: Full-resolution rows sampled for the display range.
 STAT_ROWS = 512
 STAT_COLS = 2048
+#: Times a process finds the lock of an unreadable pyramid held by others (not by a
+#: builder, which it waits for) before it gives up and keeps the levels in memory.
+LOCK_RETRIES = 100
+#: Default of IIPY_PYRAMID_MEMORY_MB.
+MEMORY_MB = 256
+#: A pyramid that is not on disk keeps its smallest levels up to this size in memory even
+#: when IIPY_PYRAMID_MEMORY_MB is used up, so that a window computed per request never
+#: reads more than about (image size / this) times its own size at full resolution.
+MIN_KEPT_BYTES = 1 << 20
+
+
+class MemoryBudget:
+    """Bytes of reduced levels this process keeps in memory for pyramids that are not on
+    disk; bounded by IIPY_PYRAMID_MEMORY_MB (see ``Pyramid``)."""
+
+    def __init__(self) -> None:
+        self.used = 0
+
+
+#: The budget of this process (each worker has its own).
+memory = MemoryBudget()
+#: Keys of pyramids whose move to memory this process has logged: once per image.
+_reported: LRU[str, bool] = LRU(4096)
+
+
+def _levels(first: int, last: int) -> str:
+    """``level 2``, ``levels 2-4``, or ``no level`` when first > last."""
+    if first > last:
+        return "no level"
+    return "level %d" % first if first == last else "levels %d-%d" % (first, last)
+
+
+class _NoRoom(Exception):
+    """A level file cannot be preallocated: the pyramid cannot be on disk."""
 
 
 class Pyramid:
     def __init__(self, image: ImageSource, grid: Grid, cache_dir: str,
-                 progress: Callable[[str, float], None] | None = None):
-        """``progress(what, fraction)`` is called while a pyramid is being built."""
+                 progress: Callable[[str, float], None] | None = None, *,
+                 cache_max_mb: int = 0, memory_mb: int = MEMORY_MB):
+        """``progress(what, fraction)`` is called while a pyramid is being built;
+        ``cache_max_mb`` is IIPY_CACHE_DIR_MAX_MB (0: automatic) and ``memory_mb``
+        IIPY_PYRAMID_MEMORY_MB."""
         self.progress = progress
         self.image = image
         self.grid = grid
-        self.levels: list[np.ndarray] = []  # index k - 1 -> level k
+        #: Index k - 1 -> level k; None for a level computed per request (not on disk).
+        self.levels: list[np.ndarray | None] = []
         self.ranges: list[DisplayRange] = []
         self.cache_dir = cache_dir
+        self.cache_max_mb = cache_max_mb
+        self.memory_mb = memory_mb
+        #: True when the levels are the shared files of ``cache_dir``.
+        self.on_disk = False
         self._ready = False
+        self._lock_fd: int | None = None  # shared lock held while the files are open
+        self._touched = 0.0
+        self._reserved = 0  # bytes of ``memory`` held by this pyramid
+        self._not_on_disk = ""  # why, when it is not
 
     # --- public ----------------------------------------------------------------------
 
@@ -62,10 +121,22 @@ class Pyramid:
         if self._ready:
             return
         start = time.monotonic()
-        if not self._load_or_build_on_disk():
-            self._build(in_memory=True)
+        if not self._open_on_disk():
+            self._build_in_memory()
         self._ready = True
         log.debug("pyramid of %s ready in %.3f s", self.image.ref.path, time.monotonic() - start)
+
+    def close(self) -> None:
+        """Let go of the levels: the shared lock (the pyramid may then be evicted) and
+        the memory they held."""
+        if self._lock_fd is not None:
+            pyramid_dir.unlock(self._lock_fd)
+            self._lock_fd = None
+        memory.used -= self._reserved
+        self._reserved = 0
+        self.levels = []
+        self.on_disk = False
+        self._ready = False
 
     def window(self, k: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         """float32 (C, h, w), C-contiguous, of level k (0 is the FITS data itself).
@@ -79,12 +150,26 @@ class Pyramid:
                     self.image.read(c, x, y, w, h, out=out[c])
                 return out
             self.ensure()
-            return np.ascontiguousarray(self.levels[k - 1][:, y : y + h, x : x + w])
+            self._used()
+            level = self.levels[k - 1]
+            if level is not None:
+                return np.ascontiguousarray(level[:, y : y + h, x : x + w])
+            out = np.empty((self.image.channels, h, w), np.float32)
+            for c in range(self.image.channels):
+                self._from_full(k, c, x, y, w, h, out[c])
+            return out
         except (OSError, ValueError, TypeError, EOFError) as exc:
             log.warning("cannot read %s: %s", self.image.ref.path, exc)
             raise UnreadableImage("Unable to read data of '%s'" % self.image.ref.fif) from None
 
     # --- disk ------------------------------------------------------------------------
+
+    def _used(self) -> None:
+        """Record a use of the shared pyramid (for eviction), at most once a minute."""
+        now = time.monotonic()
+        if self._lock_fd is not None and now - self._touched > pyramid_dir.TOUCH_SECONDS:
+            pyramid_dir.touch(self._lock_fd)
+            self._touched = now
 
     def _key(self) -> str:
         ref = self.image.ref
@@ -92,85 +177,245 @@ class Pyramid:
                                                 self.grid.tile_w, self.grid.tile_h, FORMAT_VERSION)
         return hashlib.blake2b(ident.encode("utf-8", "surrogateescape"), digest_size=16).hexdigest()
 
-    def _load_or_build_on_disk(self) -> bool:
-        directory = os.path.join(self.cache_dir, self._key())
+    def _shapes(self) -> list[tuple[int, int, int]]:
+        out = []
+        for k in range(1, self.grid.num_resolutions):
+            w, h = self.grid.level_size(k)
+            out.append((self.image.channels, h, w))
+        return out
+
+    def _nbytes(self) -> int:
+        return sum(4 * c * h * w for c, h, w in self._shapes())
+
+    def _open_on_disk(self) -> bool:
+        """Map the shared pyramid, building it first if no process has; False (and the
+        reason in ``_not_on_disk``) when it cannot be on disk."""
+        key = self._key()
+        directory = os.path.join(self.cache_dir, key)
+        fd: int | None = None
+        built = False
         try:
             os.makedirs(self.cache_dir, exist_ok=True)
-            if self._load(directory):
-                return True
-            lock_fd = os.open(directory + ".lock", os.O_CREAT | os.O_RDWR, 0o644)
+            fd = pyramid_dir.lock(self.cache_dir, key, exclusive=False)
+            waits = 0
+            while not self._load(directory):
+                # not there: build it, unless another process holds the lock
+                if pyramid_dir.upgrade(fd, self.cache_dir, key):
+                    if not self._load(directory):  # built while we were getting here
+                        reason = self._write(key, directory)
+                        if reason is not None:
+                            self._not_on_disk = reason
+                            return False
+                        built = True
+                    pyramid_dir.downgrade(fd)
+                    break
+                pyramid_dir.unlock(fd)
+                fd = None
+                waits += 1
+                if waits > LOCK_RETRIES:
+                    self._not_on_disk = "%s stays unreadable while others hold it" % directory
+                    return False
+                if waits > 1:  # no builder, but other processes hold it shared for a moment
+                    time.sleep(random.uniform(0.005, 0.05))
+                fd = pyramid_dir.lock(self.cache_dir, key, exclusive=False)  # waits for a builder
+            self._lock_fd, fd = fd, None
         except OSError as exc:
-            log.warning("pyramid cache %s not usable (%s): building in memory", self.cache_dir, exc)
+            self._not_on_disk = "the directory %s is not usable (%s)" % (self.cache_dir, exc)
             return False
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX)  # another worker may be building it
-            if self._load(directory):
-                return True
-            shutil.rmtree(directory, ignore_errors=True)  # leftovers of a crashed build
-            os.makedirs(directory)
-            self._build(in_memory=False, directory=directory)
-            self._write_meta(directory)
-            return True
-        except OSError as exc:
-            log.warning("cannot write pyramid in %s (%s): building in memory", directory, exc)
-            shutil.rmtree(directory, ignore_errors=True)
-            return False
-        except ImagingError:  # the image itself cannot be read: no half-built pyramid left
-            shutil.rmtree(directory, ignore_errors=True)
-            raise
         finally:
-            fcntl.flock(lock_fd, fcntl.LOCK_UN)
-            os.close(lock_fd)
-
-    def _load(self, directory: str) -> bool:
-        meta_path = os.path.join(directory, "meta.json")
-        try:
-            with open(meta_path) as f:
-                meta = json.load(f)
-        except (OSError, ValueError):
-            return False
-        if meta.get("version") != FORMAT_VERSION:
-            return False
-        levels = []
-        for k, shape in enumerate(meta["shapes"], start=1):
-            levels.append(np.memmap(os.path.join(directory, "level%d.f32" % k), np.float32,
-                                    mode="r", shape=tuple(shape)))
-        self.levels = levels
-        self.ranges = [DisplayRange(lo, hi) for lo, hi in meta["ranges"]]
+            if fd is not None:  # not kept: failed, or raised
+                pyramid_dir.unlock(fd)
+        pyramid_dir.touch(self._lock_fd)
+        self._touched = time.monotonic()
+        self.on_disk = True
+        if built:  # the directory grew: bring it back within its bound
+            try:
+                pyramid_dir.clean(self.cache_dir, self._bound(), keep=(key,))
+            except OSError as exc:
+                log.warning("cannot clean pyramid cache %s: %s", self.cache_dir, exc)
         return True
 
-    def _write_meta(self, directory: str) -> None:
-        meta = {"version": FORMAT_VERSION, "path": self.image.ref.path,
-                "shapes": [list(level.shape) for level in self.levels],
+    def _bound(self) -> int:
+        return pyramid_dir.bound_bytes(self.cache_dir, self.cache_max_mb)
+
+    def _load(self, directory: str) -> bool:
+        """Map a complete pyramid: ``meta.json`` of this format and every level file at
+        its full size; False otherwise (nothing is mapped)."""
+        try:
+            with open(os.path.join(directory, "meta.json")) as f:
+                meta = json.load(f)
+            if meta.get("version") != FORMAT_VERSION:
+                return False
+            shapes = [tuple(int(n) for n in shape) for shape in meta["shapes"]]
+            ranges = [DisplayRange(float(lo), float(hi)) for lo, hi in meta["ranges"]]
+            if shapes != self._shapes() or len(ranges) != self.image.channels:
+                return False
+            levels: list[np.ndarray | None] = []
+            for k, shape in enumerate(shapes, start=1):
+                path = os.path.join(directory, "level%d.f32" % k)
+                if os.stat(path).st_size != 4 * shape[0] * shape[1] * shape[2]:
+                    log.warning("pyramid %s: %s has the wrong size, rebuilding it", directory, path)
+                    return False
+                levels.append(np.memmap(path, np.float32, mode="r", shape=shape))
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            return False
+        self.levels = levels
+        self.ranges = ranges
+        return True
+
+    def _write(self, key: str, directory: str) -> str | None:
+        """Build the pyramid into ``directory`` (its lock held exclusively).  None when it
+        is there, else why it cannot be on disk; nothing half-written is left behind."""
+        needed = self._nbytes()
+        bound = self._bound()
+        if needed > bound:
+            return "its %.1f MB exceed the bound of %s (%.1f MB)" % (
+                needed / 1048576, self.cache_dir, bound / 1048576)
+        try:
+            pyramid_dir.make_room(self.cache_dir, needed, bound, keep=(key,))
+        except OSError as exc:
+            log.warning("cannot clean pyramid cache %s: %s", self.cache_dir, exc)
+        shutil.rmtree(directory, ignore_errors=True)  # leftovers of a build that died
+        try:
+            os.makedirs(directory)
+            files = self._preallocate(directory)
+            self._build(files)
+            self._write_meta(directory, needed)
+        except _NoRoom as exc:
+            shutil.rmtree(directory, ignore_errors=True)
+            return str(exc)
+        except OSError as exc:
+            shutil.rmtree(directory, ignore_errors=True)
+            return "cannot write it in %s (%s)" % (directory, exc)
+        except BaseException:  # the image itself cannot be read: no half-built pyramid left
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+        return None
+
+    def _preallocate(self, directory: str) -> list[str]:
+        """A temporary file per level, its blocks reserved in full before anything is
+        written through a memory map."""
+        files = []
+        for k, (c, h, w) in enumerate(self._shapes(), start=1):
+            path = os.path.join(directory, "level%d.f32.tmp%d" % (k, os.getpid()))
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC, 0o644)
+            try:
+                os.posix_fallocate(fd, 0, 4 * c * h * w)
+            except OSError as exc:
+                raise _NoRoom("cannot reserve its %.1f MB in %s (%s)" % (
+                    self._nbytes() / 1048576, self.cache_dir, exc.strerror or exc)) from None
+            finally:
+                os.close(fd)
+            files.append(path)
+        return files
+
+    def _write_meta(self, directory: str, nbytes: int) -> None:
+        ref = self.image.ref
+        meta = {"version": FORMAT_VERSION, "path": ref.path,
+                "image": {"selector": ref.selector, "size": ref.size, "mtime_ns": ref.mtime_ns},
+                "bytes": nbytes,
+                "shapes": [list(shape) for shape in self._shapes()],
                 "ranges": [[r.lo, r.hi] for r in self.ranges]}
         tmp = os.path.join(directory, "meta.json.tmp%d" % os.getpid())
         with open(tmp, "w") as f:
             json.dump(meta, f)
         os.replace(tmp, os.path.join(directory, "meta.json"))
 
+    # --- memory ----------------------------------------------------------------------
+
+    def _build_in_memory(self) -> None:
+        """The levels in this process: the smallest that fit the memory budget (at least
+        ``MIN_KEPT_BYTES``), the others computed per request."""
+        shapes = self._shapes()
+        sizes = [4 * c * h * w for c, h, w in shapes]
+        room = max(self.memory_mb * 1048576 - memory.used, MIN_KEPT_BYTES)
+        first, kept = len(shapes) + 1, 0  # levels first..n are kept
+        while first > 1 and kept + sizes[first - 2] <= room:
+            first -= 1
+            kept += sizes[first - 1]
+        if first == 1:
+            self._build(None)
+        else:
+            levels: list[np.ndarray | None] = [None] * (first - 1)
+            self.ranges = self._sample_ranges()
+            for k in range(first, len(shapes) + 1):
+                out = np.empty(shapes[k - 1], np.float32)
+                for c in range(self.image.channels):
+                    if k == first:
+                        self._from_full(k, c, 0, 0, out.shape[2], out.shape[1], out[c], True)
+                    else:
+                        kernels.bin2x2(np.ascontiguousarray(levels[-1][c]), out=out[c])
+                levels.append(out)
+            self.levels = levels
+        self._reserved = kept
+        memory.used += kept
+        key = self._key()
+        if key not in _reported:
+            _reported.put(key, True)
+            n = len(shapes)
+            if first == 1:
+                computed = "all levels in memory (%.1f MB)" % (kept / 1048576)
+            else:
+                computed = "%s in memory (%.1f MB), %s computed per request" % (
+                    _levels(first, n), kept / 1048576, _levels(1, first - 1))
+            log.warning("pyramid of %s not on disk: %s; %s", self.image.ref.path,
+                        self._not_on_disk or "not possible", computed)
+
+    def _from_full(self, k: int, c: int, x: int, y: int, w: int, h: int, out: np.ndarray,
+                   report: bool = False) -> None:
+        """Window (x, y, w, h) of level k, channel c, into ``out`` (h, w), binned k times
+        from the full-resolution data in bands of at most about ``BAND_BYTES``: the same
+        values as the level built whole."""
+        f = 1 << k
+        band = max(1, BAND_BYTES // (4 * f * f * max(w, 1)))  # output rows per band
+        for y0 in range(0, h, band):
+            y1 = min(h, y0 + band)
+            rows = self.image.read(c, x * f, (y + y0) * f, w * f, (y1 - y0) * f)
+            for _ in range(k - 1):
+                rows = kernels.bin2x2(rows)
+            kernels.bin2x2(rows, out=out[y0:y1])
+            if report and self.progress is not None:
+                self.progress("%s: level %d of %d" % (self.image.ref.fif, k,
+                                                      self.grid.num_resolutions - 1),
+                              (c + y1 / h) / self.image.channels)
+
+    def _sample_ranges(self) -> list[DisplayRange]:
+        """The default display ranges from the full-resolution rows of the sampling grid
+        (the rows the build samples as it goes)."""
+        image = self.image
+        step_y = max(1, image.height // STAT_ROWS)
+        step_x = max(1, image.width // STAT_COLS)
+        out = []
+        for c in range(image.channels):
+            samples = [image.read_rows(c, y, 1)[0, ::step_x]
+                       for y in range(0, image.height, step_y)]
+            out.append(robust_range(np.concatenate(samples)))
+        return out
+
     # --- building ----------------------------------------------------------------------
 
-    def _allocate(self, k: int, in_memory: bool, directory: str | None):
-        w, h = self.grid.level_size(k)
-        shape = (self.image.channels, h, w)
-        if in_memory:
-            return np.empty(shape, np.float32), None
-        tmp = os.path.join(directory, "level%d.f32.tmp%d" % (k, os.getpid()))
-        return np.memmap(tmp, np.float32, mode="w+", shape=shape), tmp
+    def _allocate(self, k: int, files: list[str] | None) -> np.ndarray:
+        shape = self._shapes()[k - 1]
+        if files is None:
+            return np.empty(shape, np.float32)
+        return np.memmap(files[k - 1], np.float32, mode="r+", shape=shape)
 
-    def _build(self, in_memory: bool, directory: str | None = None) -> None:
+    def _build(self, files: list[str] | None) -> None:
+        """Every level and the display ranges, in one pass over the data: into the
+        preallocated temporary ``files`` (renamed into place level by level), or in
+        memory when there are none."""
         image, grid = self.image, self.grid
         nlevels = grid.num_resolutions - 1
         step_y = max(1, image.height // STAT_ROWS)
         step_x = max(1, image.width // STAT_COLS)
         samples: list[list[np.ndarray]] = [[] for _ in range(image.channels)]
-        levels = []
+        levels: list[np.ndarray] = []
         if nlevels == 0:
-            for c in range(image.channels):
-                for y in range(0, image.height, step_y):
-                    samples[c].append(image.read_rows(c, y, 1)[0, ::step_x])
+            self.levels = []
+            self.ranges = self._sample_ranges()
+            return
         for k in range(1, nlevels + 1):
-            out, tmp = self._allocate(k, in_memory, directory)
+            out = self._allocate(k, files)
             _, out_h, out_w = out.shape
             src_w = image.width if k == 1 else levels[-1].shape[2]
             band = max(1, BAND_BYTES // (8 * max(src_w, 1)))
@@ -197,14 +442,15 @@ class Pyramid:
                     for y in range(2 * out_h, image.height):
                         if y % step_y == 0:
                             samples[c].append(image.read_rows(c, y, 1)[0, ::step_x])
-            if tmp is not None:
-                # no msync: every worker maps the same page-cache pages, and the rename
-                # (then meta.json, written last) is what publishes the level
+            if files is not None:
+                # no msync: every worker maps the same page-cache pages (whose blocks
+                # were reserved), and the rename (then meta.json, written last) is what
+                # publishes the level
                 shape = out.shape
                 del out
-                final = os.path.join(directory, "level%d.f32" % k)
-                os.replace(tmp, final)
+                final = os.path.join(os.path.dirname(files[k - 1]), "level%d.f32" % k)
+                os.replace(files[k - 1], final)
                 out = np.memmap(final, np.float32, mode="r", shape=shape)
             levels.append(out)
-        self.levels = levels
+        self.levels = list(levels)
         self.ranges = [robust_range(np.concatenate(s)) for s in samples]

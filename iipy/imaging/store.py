@@ -30,6 +30,11 @@ class OpenImage:
         self.pyramid.ensure()
         return self.pyramid.ranges
 
+    def close(self) -> None:
+        """Close the file and let go of the pyramid (its shared lock, its memory)."""
+        self.pyramid.close()
+        self.source.close()
+
 
 class ImageStore:
     def __init__(self, settings: Settings, capacity: int = 64,
@@ -37,7 +42,7 @@ class ImageStore:
         """``progress`` is passed to every pyramid build (see ``Pyramid``)."""
         self.settings = settings
         self.progress = progress
-        self._open: LRU[tuple, OpenImage] = LRU(capacity, close=lambda im: im.source.close())
+        self._open: LRU[tuple, OpenImage] = LRU(capacity, close=lambda im: im.close())
 
     def open(self, ref: ImageRef) -> OpenImage:
         image = self._open.get(ref.key)
@@ -45,8 +50,10 @@ class ImageStore:
             fits_image = FitsImage(ref)
             grid = Grid(fits_image.width, fits_image.height,
                         self.settings.tile_size, self.settings.tile_size)
-            image = OpenImage(ref, fits_image, grid,
-                              Pyramid(fits_image, grid, self.settings.cache_dir, self.progress))
+            pyramid = Pyramid(fits_image, grid, self.settings.cache_dir, self.progress,
+                              cache_max_mb=self.settings.cache_dir_max_mb,
+                              memory_mb=self.settings.pyramid_memory_mb)
+            image = OpenImage(ref, fits_image, grid, pyramid)
             self._open.put(ref.key, image)
             log.debug("opened %s (%dx%dx%d, BITPIX %d)", ref.path, fits_image.width,
                       fits_image.height, fits_image.channels, fits_image.bitpix)
