@@ -5,6 +5,7 @@
   iipy info FILE.fits[EXT]     what the server reports for a file (OBJ answers, header)
   iipy pyramid FILE.fits...    build the reduced levels ahead of the first request
   iipy settings [--rst]        every setting, its effective value (or the README table)
+  iipy cache [--prune]         the pyramid directory: size, bound, each pyramid; prune it
 """
 
 from __future__ import annotations
@@ -95,6 +96,50 @@ def cmd_settings(args: argparse.Namespace) -> int:
     return 0
 
 
+def _megabytes(n: int) -> str:
+    return "%.1f MB" % (n / 1048576)
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    import time
+
+    from iipy.imaging import pyramid_dir
+    from iipy.settings import Settings
+
+    settings = Settings.from_environ()
+    cache_dir = settings.cache_dir
+    max_mb = args.max_mb if args.max_mb is not None else settings.cache_dir_max_mb
+    bound = pyramid_dir.bound_bytes(cache_dir, max_mb)
+    if args.prune:
+        for gone in pyramid_dir.clean(cache_dir, bound):
+            print("removed %s (%s, %s): %s" % (gone.key, gone.reason, _megabytes(gone.bytes),
+                                                gone.image or "-"))
+    entries = pyramid_dir.scan(cache_dir)
+    exists = os.path.isdir(cache_dir)
+    print("Directory: %s%s" % (cache_dir, "" if exists else " (does not exist)"))
+    print("Size: %s in %d pyramid(s); bound %s (%s)" % (
+        _megabytes(sum(e.bytes for e in entries)), sum(1 for e in entries if e.has_dir),
+        _megabytes(bound), pyramid_dir.describe_bound(max_mb)))
+    if not entries:
+        return 0
+    now = time.time()
+    rows = [("SIZE", "LAST USE", "STATE", "IMAGE")]
+    for e in sorted(entries, key=lambda e: e.last_use, reverse=True):
+        if pyramid_dir.in_use(e):
+            state = "in use" if e.meta is not None else "being built"
+        else:
+            state = e.stale(now) or ("complete" if e.meta is not None else
+                                     "incomplete" if e.has_dir else "lock file only")
+        rows.append((_megabytes(e.bytes),
+                     time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.last_use)),
+                     state, e.image or "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for size, used, state, image in rows:
+        print("%s  %s  %s  %s" % (size.rjust(widths[0]), used.ljust(widths[1]),
+                                  state.ljust(widths[2]), image))
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from iipy.viewer import command
 
@@ -129,6 +174,17 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("settings", help="list the settings and their effective values")
     p.add_argument("--rst", action="store_true", help="print the README table instead")
     p.set_defaults(func=cmd_settings)
+    p = sub.add_parser("cache", help="show the pyramid directory (IIPY_CACHE_DIR) and prune it",
+                       description="Print IIPY_CACHE_DIR, its size and bound, and each "
+                       "pyramid (size, last use, state, image), most recently used first. "
+                       "--prune first removes pyramids of changed or removed images, "
+                       "leftovers of builds that died, and the least recently used "
+                       "pyramids beyond the bound; pyramids in use are kept.")
+    p.add_argument("--prune", action="store_true",
+                   help="remove stale entries and evict down to the bound")
+    p.add_argument("--max-mb", type=int, metavar="N",
+                   help="bound in MB (default: IIPY_CACHE_DIR_MAX_MB; 0: automatic)")
+    p.set_defaults(func=cmd_cache)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
