@@ -167,13 +167,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("IIPY_CACHE_DIR", "cache_dir", c_str, _default_cache_dir,
             "Directory for the shared reduced-resolution pyramids."),
     Setting("IIPY_CACHE_DIR_MAX_MB", "cache_dir_max_mb", c_int(lo=0), 0,
-            "Largest size of IIPY_CACHE_DIR in MB; beyond it the least recently used "
-            "pyramids not in use are removed. 0: 10 % of the file system holding it, "
-            "at most 10240."),
+            "Bound of IIPY_CACHE_DIR in MB, least recently used pyramids evicted; 0: 10 % of "
+            "its disk, at most 10240."),
     Setting("IIPY_PYRAMID_MEMORY_MB", "pyramid_memory_mb", c_int(lo=0), 256,
-            "Memory per worker, in MB, for the reduced levels of images whose pyramid "
-            "cannot be on disk (directory full or not writable); larger levels are "
-            "computed per request from full resolution."),
+            "Per-worker MB for reduced levels of pyramids that cannot be on disk; larger levels "
+            "are read per request."),
     Setting("IIPY_TILE_SIZE", "tile_size", c_int(lo=16, hi=4096), 256,
             "Tile width and height in pixels."),
     Setting("IIPY_SERVER", "server_token", c_str, "iipy/%s",
