@@ -78,6 +78,11 @@ def cmd_pyramid(args: argparse.Namespace) -> int:
             sys.stderr.write("iipy pyramid: %s: %s\n" % (given, exc.message))
             failed += 1
             continue
+        if not image.pyramid.on_disk:
+            sys.stderr.write("iipy pyramid: %s: not written to %s: %s\n" % (
+                given, settings.cache_dir, image.pyramid.not_on_disk))
+            failed += 1
+            continue
         print("%s: %d levels in %s, display range %s (%.2f s)" % (
             given, image.grid.num_resolutions, settings.cache_dir,
             ", ".join("%.6g..%.6g" % (r.lo, r.hi) for r in ranges),

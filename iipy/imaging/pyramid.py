@@ -113,7 +113,8 @@ class Pyramid:
         self._lock_fd: int | None = None  # shared lock held while the files are open
         self._touched = 0.0
         self._reserved = 0  # bytes of ``memory`` held by this pyramid
-        self._not_on_disk = ""  # why, when it is not
+        #: Why the levels are not on disk (after ``ensure``), "" when they are.
+        self.not_on_disk = ""
 
     # --- public ----------------------------------------------------------------------
 
@@ -189,7 +190,7 @@ class Pyramid:
 
     def _open_on_disk(self) -> bool:
         """Map the shared pyramid, building it first if no process has; False (and the
-        reason in ``_not_on_disk``) when it cannot be on disk."""
+        reason in ``not_on_disk``) when it cannot be on disk."""
         key = self._key()
         directory = os.path.join(self.cache_dir, key)
         fd: int | None = None
@@ -204,7 +205,7 @@ class Pyramid:
                     if not self._load(directory):  # built while we were getting here
                         reason = self._write(key, directory)
                         if reason is not None:
-                            self._not_on_disk = reason
+                            self.not_on_disk = reason
                             return False
                         built = True
                     pyramid_dir.downgrade(fd)
@@ -213,14 +214,14 @@ class Pyramid:
                 fd = None
                 waits += 1
                 if waits > LOCK_RETRIES:
-                    self._not_on_disk = "%s stays unreadable while others hold it" % directory
+                    self.not_on_disk = "%s stays unreadable while others hold it" % directory
                     return False
                 if waits > 1:  # no builder, but other processes hold it shared for a moment
                     time.sleep(random.uniform(0.005, 0.05))
                 fd = pyramid_dir.lock(self.cache_dir, key, exclusive=False)  # waits for a builder
             self._lock_fd, fd = fd, None
         except OSError as exc:
-            self._not_on_disk = "the directory %s is not usable (%s)" % (self.cache_dir, exc)
+            self.not_on_disk = "the directory %s is not usable (%s)" % (self.cache_dir, exc)
             return False
         finally:
             if fd is not None:  # not kept: failed, or raised
@@ -359,7 +360,7 @@ class Pyramid:
                 computed = "%s in memory (%.1f MB), %s computed per request" % (
                     _levels(first, n), kept / 1048576, _levels(1, first - 1))
             log.warning("pyramid of %s not on disk: %s; %s", self.image.ref.path,
-                        self._not_on_disk or "not possible", computed)
+                        self.not_on_disk or "not possible", computed)
 
     def _from_full(self, k: int, c: int, x: int, y: int, w: int, h: int, out: np.ndarray,
                    report: bool = False) -> None:

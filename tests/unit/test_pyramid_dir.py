@@ -429,3 +429,13 @@ def test_iipy_cache_lists_and_prunes(tmp_path, monkeypatch, capsys):
     assert cli.main(["cache", "--prune", "--max-mb", "1"]) == 0
     assert "(least recently used, 1.1 MB): %s" % (tmp_path / "b.fits") in capsys.readouterr().out
     assert os.listdir(cache) == []
+
+
+def test_iipy_pyramid_says_when_the_levels_cannot_be_on_disk(tmp_path, monkeypatch, capsys):
+    write_image(tmp_path, "a.fits", 1000, 900)
+    monkeypatch.setenv("IIPY_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("IIPY_CACHE_DIR_MAX_MB", "1")  # 1.15 MB of levels do not fit
+    assert cli.main(["pyramid", str(tmp_path / "a.fits")]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "a.fits: not written to %s: its 1.1 MB exceed the bound" % (tmp_path / "cache") in err
