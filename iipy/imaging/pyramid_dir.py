@@ -34,6 +34,7 @@ new file is another), pyramids of an older format, directories of builds that di
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -87,7 +88,15 @@ def lock(cache_dir: str, key: str, exclusive: bool, blocking: bool = True) -> in
     path = lock_path(cache_dir, key)
     operation = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | (0 if blocking else fcntl.LOCK_NB)
     while True:
-        fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o644)
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            try:  # a directory we cannot write: its pyramids can still be read
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                raise exc from None
         try:
             fcntl.flock(fd, operation)
         except BlockingIOError:
@@ -290,8 +299,8 @@ def in_use(entry: Entry) -> bool:
     if not entry.has_lock:
         return False
     try:
-        fd = os.open(lock_path(entry.cache_dir, entry.key), os.O_RDWR | os.O_CLOEXEC)
-    except FileNotFoundError:
+        fd = os.open(lock_path(entry.cache_dir, entry.key), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:  # removed meanwhile, or not ours to read
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

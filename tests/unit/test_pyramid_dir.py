@@ -243,7 +243,7 @@ def build_all(settings: Settings, names: list[str]) -> None:
     for name in names:
         p = open_pyramid(settings, name)
         p.ensure()
-        assert p.on_disk
+        assert p.on_disk, p.not_on_disk
         p.close()
 
 
@@ -439,3 +439,23 @@ def test_iipy_pyramid_says_when_the_levels_cannot_be_on_disk(tmp_path, monkeypat
     out, err = capsys.readouterr()
     assert out == ""
     assert "a.fits: not written to %s: its 1.1 MB exceed the bound" % (tmp_path / "cache") in err
+
+
+def test_read_only_directory_still_serves_its_pyramids(tmp_path):
+    """Pyramids in a directory that became read-only are read (shared lock on a
+    read-only descriptor); a new image there is kept in memory."""
+    data = write_image(tmp_path, "a.fits", 600, 500)
+    write_image(tmp_path, "b.fits", 600, 500, seed=2)
+    with small_tmpfs(tmp_path / "fs", "2m") as fs:
+        settings = settings_for(tmp_path, fs / "cache", IIPY_CACHE_DIR_MAX_MB="100")
+        build_all(settings, ["a.fits"])
+        subprocess.run(["mount", "-o", "remount,ro", str(fs)], check=True)
+        p = open_pyramid(settings, "a.fits")
+        p.ensure()
+        assert p.on_disk and isinstance(p.levels[0], np.memmap), p.not_on_disk
+        assert_matches_model(p, data)
+        q = open_pyramid(settings, "b.fits")
+        q.ensure()
+        assert not q.on_disk and "Read-only file system" in q.not_on_disk
+        p.close()
+        q.close()
