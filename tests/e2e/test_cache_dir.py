@@ -20,7 +20,7 @@ import pytest
 
 from tests.e2e import _model as model
 from tests.e2e.conftest import http_get
-from tests.e2e.test_nginx import worker_pids
+from tests.e2e._proc import child_pids
 from tests.tmpfs import small_tmpfs
 
 pytestmark = pytest.mark.e2e
@@ -57,7 +57,7 @@ def test_full_cache_file_system_serves_every_level(spawn_fcgi, nginx, example_da
         try:
             url = nginx(server, keepalive=False)  # connections spread over both workers
             deadline = time.monotonic() + 20
-            while len(workers := worker_pids(server)) < 2 and time.monotonic() < deadline:
+            while len(workers := child_pids(server.proc.pid)) < 2 and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert len(workers) == 2
             failures = []
@@ -83,7 +83,7 @@ def test_full_cache_file_system_serves_every_level(spawn_fcgi, nginx, example_da
                     if not (mean <= 1.0 and p99 <= 2.0):
                         failures.append(f"{query}: mean |diff| {mean:.2f}, p99 {p99:.1f}")
             assert not failures, "\n".join(failures[:20])
-            assert worker_pids(server) == workers  # no worker died and was replaced
+            assert child_pids(server.proc.pid) == workers  # no worker died and was replaced
             log = server.log_text()
             assert not re.search(r"died|killed|Traceback", log), log[-3000:]
             for name in ("sky", "cube"):
