@@ -43,7 +43,7 @@ import re
 import shutil
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 log = logging.getLogger(__name__)
 
@@ -331,7 +331,8 @@ def _remove(entry: Entry) -> None:
         pass
 
 
-def _try_remove(cache_dir: str, key: str, check) -> Removed | None:
+def _try_remove(cache_dir: str, key: str,
+                check: Callable[[Entry], str | None]) -> Removed | None:
     """Take the lock of ``key`` without waiting; if no one holds it, look at the entry
     again and remove it when ``check(entry)`` gives a reason.  None when it stays."""
     try:
@@ -376,8 +377,11 @@ def clean(cache_dir: str, target_bytes: int, keep: Iterable[str] = (),
     for entry in sorted((e for e in left if e.meta is not None), key=lambda e: e.last_use):
         if total <= target_bytes:
             break
-        gone = _try_remove(cache_dir, entry.key,
-                           lambda e: "least recently used" if e.meta is not None else None)
+        # used again since the scan: not the least recently used (a lock file that did not
+        # exist was just made by the eviction itself)
+        seen = entry.last_use if entry.has_lock else float("inf")
+        gone = _try_remove(cache_dir, entry.key, lambda e: "least recently used" if (
+            e.meta is not None and e.last_use <= seen) else None)
         if gone is not None:
             removed.append(gone)
             total -= gone.bytes
