@@ -28,6 +28,7 @@ LIBRARY_HOMES = {
     "tifffile": {"imaging/sources/tiff.py"},
     "imagecodecs": {"imaging/sources/tiff.py"},
     "iipy._kernels": {"imaging/kernels.py"},
+    "xstatic": {"viewer/assets.py"},
 }
 
 #: Layer of a module -> the layers it may import from.

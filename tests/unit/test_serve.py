@@ -3,6 +3,7 @@ the CGI-to-HTTP translation, the settings, the viewer page and the progress outp
 
 from __future__ import annotations
 
+import argparse
 import io
 import os
 from pathlib import Path
@@ -135,8 +136,23 @@ def test_local_assets_lookup(tmp_path: Path) -> None:
     (dist / "leaflet.css").write_text("")
     for given in (dist, tmp_path / "node_modules" / "leaflet", tmp_path):
         assert assets.find_local_assets({"IIPY_VIEWER_ASSETS": str(given)}) == dist.resolve()
-    with pytest.raises(assets.AssetError, match="npm install leaflet@1.9.4"):
+    with pytest.raises(assets.AssetError, match="no leaflet.js and leaflet.css in"):
         assets.find_local_assets({"IIPY_VIEWER_ASSETS": str(tmp_path / "elsewhere")})
+
+
+def test_leaflet_comes_with_iipy() -> None:
+    """Without IIPY_VIEWER_ASSETS, --assets local (the default) serves the files of the
+    XStatic-Leaflet package, an install requirement: the page needs no network."""
+    found = assets.packaged_leaflet()
+    assert found is not None, "XStatic-Leaflet is not installed"
+    directory, version = found
+    assert version.startswith("1.9.")
+    assert assets.find_local_assets({}) == directory.resolve()
+    for name in ("leaflet.js", "leaflet.css", "images/layers.png"):
+        assert assets.static_file("/static/leaflet/" + name, directory.resolve()) is not None
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    assert parser.parse_args(["x.fits"]).assets == "local"
 
 
 def test_static_files_stay_in_their_directories(tmp_path: Path) -> None:
