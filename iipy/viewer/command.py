@@ -8,6 +8,8 @@ small HTTP front end (the standard library's ``http.server`` request parser) on
 ``/static/NAME``           the viewer's script and style sheet (``iipy/viewer/static/``)
 ``/static/leaflet/...``    Leaflet (``--assets local``, the default)
 ``/images.json``           the images that can be shown, as JSON
+``/wcs.json?FIF=..&..``    world coordinates of a pixel, or the pixel of a position
+                           (``frontend.FrontEnd.world``)
 ``/iip?QUERY``             IIP, exactly as ``iipsrv.fcgi?QUERY`` behind a web server;
                            ``/fcgi-bin/iipsrv.fcgi?QUERY`` is the same endpoint
 

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+from astropy.io import fits
+from astropy.wcs import WCS
 
 from iipy.server import cgi
 from iipy.viewer import assets, catalogue, command, frontend
@@ -153,6 +157,43 @@ def test_leaflet_comes_with_iipy() -> None:
     parser = argparse.ArgumentParser()
     command.add_arguments(parser)
     assert parser.parse_args(["x.fits"]).assets == "local"
+
+
+def test_world_coordinates_endpoint(tmp_path: Path) -> None:
+    """/wcs.json: the header's WCS both ways (astropy's numbers), and clean errors."""
+    hdr = fits.Header()
+    for key, value in dict(CTYPE1="RA---TAN", CTYPE2="DEC--TAN", CRVAL1=150.1, CRVAL2=2.2,
+                           CRPIX1=50.5, CRPIX2=40.5, CD1_1=-5e-5, CD1_2=1e-6, CD2_1=1e-6,
+                           CD2_2=5e-5).items():
+        hdr[key] = value
+    fits.PrimaryHDU(np.zeros((80, 100), np.float32), hdr).writeto(tmp_path / "w.fits")
+    fits.PrimaryHDU(np.zeros((8, 10), np.float32)).writeto(tmp_path / "plain.fits")
+    (tmp_path / "other.fits").write_bytes(b"")
+    roots = catalogue.build_roots([str(tmp_path / "w.fits"), str(tmp_path / "plain.fits")])
+    env = {"IIPY_CACHE_DIR": str(tmp_path / "cache"), "VERBOSITY": "0"}
+    front = frontend.FrontEnd(catalogue.Catalogue(roots), [
+        command.serve_settings(env).replace(filesystem_prefix=root.prefix) for root in roots],
+        "local", None, None)
+
+    def get(query: str, status: int = 200) -> dict:
+        code, headers, body = front.world(query)
+        assert code == status and ("Content-Type", "application/json") in headers
+        return json.loads(body)
+
+    answer = get("FIF=w.fits&pixel=10,20.5")
+    want = WCS(hdr).all_pix2world([[10, 20.5]], 1)[0]
+    assert answer["celestial"] and answer["pixel"] == [10, 20.5]
+    assert answer["world"] == pytest.approx(list(want), abs=1e-12)
+    assert (answer["lon_name"], answer["lat_name"], answer["system"]) == ("RA", "Dec", "ICRS")
+    back = get("FIF=w.fits&world=%r,%r" % tuple(float(v) for v in want))
+    assert back["pixel"] == pytest.approx([10, 20.5], abs=1e-8)
+    assert get("FIF=plain.fits&pixel=1,1") == {"celestial": False}
+    assert "not served" in get("FIF=other.fits&pixel=1,1", 404)["error"]
+    for bad in ("FIF=w.fits", "FIF=w.fits&pixel=1", "FIF=w.fits&pixel=nan,1",
+                "FIF=w.fits&pixel=1,2&world=3,4", "pixel=1,2"):
+        assert "expected" in get(bad, 400)["error"], bad
+    # The far side of the projection has no pixel.
+    assert get("FIF=w.fits&world=330.1,-2.2")["pixel"] is None
 
 
 def test_static_files_stay_in_their_directories(tmp_path: Path) -> None:
