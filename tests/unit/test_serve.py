@@ -7,6 +7,8 @@ import argparse
 import io
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -260,3 +262,42 @@ def test_cli_has_serve() -> None:
 def test_static_directory_is_package_data() -> None:
     names = sorted(os.listdir(assets.STATIC_DIR))
     assert names == ["index.html", "viewer.css", "viewer.js"]
+
+
+def test_importing_iipy_stays_cheap() -> None:
+    """``iipy.show`` is re-exported lazily: ``import iipy`` loads nothing else of iipy,
+    and the notebook module needs neither numpy nor astropy."""
+    code = (
+        "import sys, iipy\n"
+        "def loaded(): return sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('numpy', 'astropy', 'PIL') or m.startswith('iipy.'))\n"
+        "print(loaded())\n"
+        "show = iipy.show\n"
+        "from iipy.viewer import notebook\n"
+        "assert show is notebook.show\n"
+        "print(loaded())\n")
+    root = Path(__file__).resolve().parents[2]
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(root)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True).stdout.splitlines()
+    assert out == ["[]", "['iipy.settings', 'iipy.viewer', 'iipy.viewer.notebook']"]
+    with pytest.raises(AttributeError):
+        getattr(__import__("iipy"), "nothing")
+
+
+def test_notebook_frame_and_hash() -> None:
+    """The state ``iipy.show`` puts in the viewer's address, and the frame's HTML."""
+    from iipy.viewer import notebook
+
+    assert notebook.view_hash("a b/m31.fits[1]", stretch="power", gamma=2.5, pixel=(10, 20.5),
+                              zoom=2) == \
+        "#fif=a%20b/m31.fits[1]&x=10.0&y=20.5&zoom=2&stretch=power&gamma=2.5"
+    assert notebook.view_hash(None) == ""
+    for bad in ({"stretch": "cubic"}, {"colormap": "viridis"}, {"vmin": 1},
+                {"center": (float("nan"), 0)}):
+        with pytest.raises(ValueError):
+            notebook.view_hash("x.fits", **bad)
+    frame = notebook.View('http://127.0.0.1:1/#fif=a"b<c>.fits', height=300)._repr_html_()
+    assert frame == ('<iframe src="http://127.0.0.1:1/#fif=a&quot;b&lt;c&gt;.fits" '
+                     'style="width: 100%; height: 300px; border: 0" title="iipy viewer" '
+                     'allowfullscreen></iframe>')
