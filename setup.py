@@ -37,6 +37,9 @@ setup(
         # the tiles read by offset (iipy/imaging/sources/tiff.py)
         "tifffile>=2024.7.2",
         "imagecodecs>=2024.6.1",
+        # Leaflet's files for the viewer of `iipy serve`, served by iipy itself so that
+        # the page works without any network (iipy/viewer/assets.py)
+        "XStatic-Leaflet>=1.9.3.0",
     ],
     extras_require={
         # (tifffile, a run-time requirement, also writes the pyramidal TIFFs of the

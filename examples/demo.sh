@@ -2,7 +2,7 @@
 # Set up everything, write the example FITS files and look at them in a browser:
 # `iipy serve examples/data` prints the viewer's URL (127.0.0.1, a free port) and opens
 # it when there is a display.  Ctrl-C stops it.
-#   bash examples/demo.sh [iipy serve options: --port N, --no-browser, --assets local]
+#   bash examples/demo.sh [iipy serve options: --port N, --no-browser, --assets cdn]
 #   bash examples/demo.sh --nginx    the same images through iipsrv.fcgi behind a real
 #                                    nginx instead (examples/demo.py)
 set -euo pipefail

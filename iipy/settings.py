@@ -247,8 +247,9 @@ class Settings:
 
 def environ() -> Mapping[str, str]:
     """The process environment.  This module is the only one that reads it: the server's
-    settings come from ``Settings.from_environ``, and ``iipy serve`` asks here for the
-    few variables of the local desktop it looks at (DISPLAY, IIPY_VIEWER_ASSETS)."""
+    settings come from ``Settings.from_environ``, ``iipy serve`` asks here for the
+    few variables of the local desktop it looks at (DISPLAY, IIPY_VIEWER_ASSETS), and
+    ``iipy.show`` for the environment of the server it starts."""
     return os.environ
 
 

@@ -169,3 +169,43 @@ def plan(width: int, height: int, nres: int, region: tuple[float, float, float, 
             break
         read, source = coarser, candidate
     return Export(read, *source, geometry.out_w, geometry.out_h)
+
+
+@dataclass(frozen=True, slots=True)
+class Cutout:
+    """Where a ``CVT=fits`` reads and what it writes (docs/protocol.md §5.6)."""
+
+    level: int  # the level read (k halvings)
+    x: int  # region in that level's pixels, top-left origin
+    y: int
+    w: int
+    h: int
+    factor: int  # b: each output pixel is the mean of a b x b block of the level
+    out_w: int  # floor(w / b)
+    out_h: int  # floor(h / b)
+
+    @property
+    def scale(self) -> int:
+        """Full-resolution pixels per output pixel, along each axis: 2^k b."""
+        return (1 << self.level) * self.factor
+
+    @property
+    def origin(self) -> tuple[int, int]:
+        """The output's top-left corner in full-resolution pixels (top-left origin)."""
+        return self.x << self.level, self.y << self.level
+
+
+def cutout(width: int, height: int, nres: int, region: tuple[float, float, float, float] | None,
+           wid: int, hei: int, max_cvt: int, allow_upscaling: bool = True) -> Cutout:
+    """The geometry of a science cut-out: level and region exactly as :func:`plan`, then
+    no interpolation and no upsampling.  The output is the region's pixels at that level,
+    averaged in b x b blocks, b the largest integer that still leaves at least the
+    output size of :func:`plan` each way (1 when the region is smaller), raised until
+    both sides are at most ``max_cvt``; a last partial column or row of blocks is left
+    out, so every output pixel covers exactly 2^k b full-resolution pixels a side.  A
+    region narrower than one block (an aspect beyond MAX_CVT to 1) gives a side of 0,
+    which the caller refuses."""
+    p = plan(width, height, nres, region, wid, hei, max_cvt, allow_upscaling)
+    b = max(1, min(p.w // p.out_w, p.h // p.out_h))
+    b = max(b, p.w // (max_cvt + 1) + 1, p.h // (max_cvt + 1) + 1)
+    return Cutout(p.level, p.x, p.y, p.w, p.h, b, p.w // b, p.h // b)

@@ -59,3 +59,32 @@ class ImageSource(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class Celestial(Protocol):
+    """Celestial world coordinates of an image's pixel axes 1 and 2: FITS pixels (1-based,
+    first row at the bottom, docs/protocol.md §7.6), degrees."""
+
+    lon_name: str  # "RA", "l" ...
+    lat_name: str  # "Dec", "b" ...
+    system: str  # "ICRS", "FK5 J2000", "Galactic" ...
+
+    def pixel_to_world(self, x: float, y: float) -> tuple[float, float] | None: ...
+
+    def world_to_pixel(self, lon: float, lat: float) -> tuple[float, float] | None: ...
+
+
+class ScienceSource(ImageSource, Protocol):
+    """What a source with a FITS header offers besides :class:`ImageSource`.  These are
+    optional: callers look them up with ``getattr`` and answer without them (a
+    ``CVT=fits`` of another source is refused, the viewer shows no world coordinates)."""
+
+    def fits_cutout(self, data: np.ndarray, x0: int, y0: int, scale: int) -> bytes:
+        """A FITS file of ``data``, float32 (C, h, w) in IIP orientation: the values of
+        the region whose top-left full-resolution pixel is (x0, y0), each the mean of
+        ``scale`` x ``scale`` original pixels, with the header's WCS adjusted."""
+        ...
+
+    def celestial(self) -> Celestial | None:
+        """The image's celestial WCS, or None."""
+        ...

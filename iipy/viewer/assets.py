@@ -1,5 +1,6 @@
-"""The viewer's page and static files, and where Leaflet comes from (a public CDN, or a
-local copy with ``--assets local``)."""
+"""The viewer's page and static files, and where Leaflet comes from: served by iipy
+itself (the default, ``--assets local``: the XStatic-Leaflet package installed with
+iipy, or the directory named by IIPY_VIEWER_ASSETS), or a public CDN (``--assets cdn``)."""
 
 from __future__ import annotations
 
@@ -15,17 +16,13 @@ class AssetError(Exception):
     """Leaflet cannot be found for ``--assets local``."""
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-#: Where ``--assets local`` looks for Leaflet when IIPY_VIEWER_ASSETS is not set.
-LOCAL_ASSET_CANDIDATES = (
-    Path("node_modules") / "leaflet" / "dist",
-    Path(__file__).resolve().parents[2] / "tests" / "e2e" / "browser" / "node_modules" / "leaflet" / "dist",
-)
-LEAFLET_VERSION = "1.9.4"
-#: Leaflet on a public CDN, with the Subresource Integrity hashes of those exact files.
+#: The Leaflet of ``--assets cdn``, on unpkg.com, with the Subresource Integrity hashes
+#: of those exact files.
+CDN_LEAFLET_VERSION = "1.9.4"
 CDN_ASSETS = {
-    "css": ("https://unpkg.com/leaflet@%s/dist/leaflet.css" % LEAFLET_VERSION,
+    "css": ("https://unpkg.com/leaflet@%s/dist/leaflet.css" % CDN_LEAFLET_VERSION,
             "sha256-p4NxAoJBhIIN+hmNHrzRCf9tD/miZyoHS5obTRR9BMY="),
-    "js": ("https://unpkg.com/leaflet@%s/dist/leaflet.js" % LEAFLET_VERSION,
+    "js": ("https://unpkg.com/leaflet@%s/dist/leaflet.js" % CDN_LEAFLET_VERSION,
            "sha256-20nQCchB9co0qIjJZRGuk2/Z9VM+kNiyxNV1lvTlZBo="),
 }
 _STATIC_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
@@ -34,20 +31,40 @@ _CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "application/javas
                   ".svg": "image/svg+xml", ".map": "application/json"}
 
 
+def packaged_leaflet() -> tuple[Path, str] | None:
+    """(directory, version) of Leaflet's files in the XStatic-Leaflet package, or None
+    when it is not installed."""
+    try:
+        import xstatic.pkg.leaflet as package
+    except ImportError:
+        return None
+    return Path(package.BASE_DIR), str(package.VERSION)
+
+
 def find_local_assets(environ: dict[str, str] | None = None) -> Path:
-    """The directory holding ``leaflet.js`` and ``leaflet.css`` for ``--assets local``."""
+    """The directory holding ``leaflet.js`` and ``leaflet.css`` for ``--assets local``:
+    IIPY_VIEWER_ASSETS when set (the directory, or a ``dist``, ``leaflet/dist`` or
+    ``node_modules/leaflet/dist`` below it), else the XStatic-Leaflet package's."""
     env = settings.environ() if environ is None else environ
     given = env.get("IIPY_VIEWER_ASSETS")
-    candidates = [Path(given)] if given else list(LOCAL_ASSET_CANDIDATES)
+    if given:
+        candidates = [Path(given) / sub for sub in (
+            Path("."), Path("dist"), Path("leaflet") / "dist",
+            Path("node_modules") / "leaflet" / "dist")]
+        where = given
+    else:
+        found = packaged_leaflet()
+        candidates = [found[0]] if found else []
+        where = "the XStatic-Leaflet package" if found else None
     for base in candidates:
-        for sub in (Path("."), Path("dist"), Path("leaflet") / "dist",
-                    Path("node_modules") / "leaflet" / "dist"):
-            if (base / sub / "leaflet.js").is_file() and (base / sub / "leaflet.css").is_file():
-                return (base / sub).resolve()
-    where = given or " or ".join(str(c) for c in candidates)
-    raise AssetError(
-        "--assets local: no leaflet.js and leaflet.css in %s; run `npm install leaflet@%s` "
-        "and set IIPY_VIEWER_ASSETS to node_modules/leaflet/dist" % (where, LEAFLET_VERSION))
+        if (base / "leaflet.js").is_file() and (base / "leaflet.css").is_file():
+            return base.resolve()
+    if where is None:
+        raise AssetError("--assets local: the XStatic-Leaflet package is not installed "
+                         "(pip install XStatic-Leaflet), and IIPY_VIEWER_ASSETS is not set")
+    raise AssetError("--assets local: no leaflet.js and leaflet.css in %s; set "
+                     "IIPY_VIEWER_ASSETS to a directory holding them, or use --assets cdn"
+                     % where)
 
 
 def render_index(assets: str) -> bytes:

@@ -6,8 +6,10 @@ small HTTP front end (the standard library's ``http.server`` request parser) on
 
 ``/``                      the viewer page (``iipy/viewer/static/index.html``)
 ``/static/NAME``           the viewer's script and style sheet (``iipy/viewer/static/``)
-``/static/leaflet/...``    a local copy of Leaflet, with ``--assets local``
+``/static/leaflet/...``    Leaflet (``--assets local``, the default)
 ``/images.json``           the images that can be shown, as JSON
+``/wcs.json?FIF=..&..``    world coordinates of a pixel, or the pixel of a position
+                           (``frontend.FrontEnd.world``)
 ``/iip?QUERY``             IIP, exactly as ``iipsrv.fcgi?QUERY`` behind a web server;
                            ``/fcgi-bin/iipsrv.fcgi?QUERY`` is the same endpoint
 
@@ -25,10 +27,11 @@ a time each (the browser asks for many tiles at once).  Every response closes it
 connection, so no idle kept-alive connection ever holds a worker.
 
 Building the reduced resolution levels of a large file on its first use prints its
-progress on the terminal (standard error).  Leaflet comes from a public CDN by
-default; ``--assets local`` serves a copy instead: the directory named by
-``IIPY_VIEWER_ASSETS``, else ``node_modules/leaflet/dist`` in the current directory or
-in ``tests/e2e/browser`` of a source checkout.
+progress on the terminal (standard error).  Leaflet is served by iipy itself under
+``/static/leaflet/`` (``--assets local``, the default): the files of the XStatic-Leaflet
+package installed with iipy, or those of the directory named by ``IIPY_VIEWER_ASSETS``;
+the page then needs no network at all.  ``--assets cdn`` loads Leaflet from unpkg.com
+instead.
 """
 
 from __future__ import annotations
@@ -110,9 +113,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=None,
                         help="worker processes (default: IIPY_WORKERS, else up to %d)"
                              % DEFAULT_WORKERS)
-    parser.add_argument("--assets", choices=("cdn", "local"), default="cdn",
-                        help="where the page loads Leaflet from: a public CDN (default) or a "
-                             "local copy (IIPY_VIEWER_ASSETS, else node_modules/leaflet/dist)")
+    parser.add_argument("--assets", choices=("local", "cdn"), default="local",
+                        help="where the page loads Leaflet from: iipy itself (default: the "
+                             "XStatic-Leaflet package, or IIPY_VIEWER_ASSETS), or a public CDN")
     parser.add_argument("--no-browser", action="store_true",
                         help="do not open a web browser")
 

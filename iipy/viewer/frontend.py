@@ -7,13 +7,17 @@ from __future__ import annotations
 import http.server
 import json
 import logging
+import math
 import socket
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from iipy import __version__
+from iipy.errors import ImagingError
+from iipy.imaging.paths import resolve
 from iipy.protocols.http import Responder, http_date
+from iipy.protocols.iip.parser import parse
 from iipy.protocols.router import Application
 from iipy.server import sockets
 from iipy.server.cgi import INTERNAL_ERROR, parse_cgi
@@ -27,6 +31,27 @@ HOST = "127.0.0.1"
 IIP_PATHS = ("/iip", "/fcgi-bin/iipsrv.fcgi")
 #: Seconds a client may take to send its request before the connection is dropped.
 CLIENT_TIMEOUT = 30.0
+#: The world-coordinate endpoint of the viewer (``FrontEnd.world``).
+WCS_PATH = "/wcs.json"
+
+Answer = tuple[int, list[tuple[str, str]], bytes]
+
+
+def _json(status: int, value: dict[str, Any]) -> Answer:
+    return status, [("Content-Type", "application/json"), ("Cache-Control", "no-cache")], \
+        json.dumps(value).encode("utf-8")
+
+
+def _point(text: str) -> tuple[float, float] | None:
+    """``"x,y"`` as two finite floats, or None."""
+    parts = text.split(",")
+    if len(parts) != 2:
+        return None
+    try:
+        a, b = float(parts[0]), float(parts[1])
+    except ValueError:
+        return None
+    return (a, b) if math.isfinite(a) and math.isfinite(b) else None
 
 
 class FrontEnd:
@@ -58,6 +83,50 @@ class FrontEnd:
             params = dict(params, QUERY_STRING=rewritten)
             raw = self.apps[index](params)
         return parse_cgi(raw)
+
+    def world(self, query: str) -> Answer:
+        """``/wcs.json?FIF=<image>&pixel=<x>,<y>``: the world coordinates of FITS pixel
+        (x, y) (1-based, first row at the bottom); ``&world=<lon>,<lat>`` (degrees): the
+        pixel of that position.  The image's own header gives them (the FITS source's
+        celestial WCS), so every projection and distortion astropy knows is honoured.
+
+        JSON: ``{"celestial": true, "lon_name": "RA", "lat_name": "Dec", "system":
+        "ICRS", "pixel": [x, y], "world": [lon, lat]}`` (``null`` for a point the
+        projection does not reach), ``{"celestial": false}`` for an image without
+        celestial axes; 404 for an image that is not served or cannot be read, 400 for
+        a malformed request."""
+        routed = self.catalogue.route(query)
+        if routed is None:
+            return _json(404, {"error": "not served by this iipy serve"})
+        index, rewritten = routed
+        fif, pixel, world = None, None, None
+        for cmd in parse(rewritten).commands:
+            if cmd.name == "fif":
+                fif = cmd.arg
+            elif cmd.name == "pixel":
+                pixel = _point(cmd.arg)
+            elif cmd.name == "world":
+                world = _point(cmd.arg)
+        if fif is None or (pixel is None) == (world is None):
+            return _json(400, {"error": "expected FIF=<image> and pixel=<x>,<y> or "
+                                        "world=<lon>,<lat> (finite numbers)"})
+        app = self.apps[index]
+        try:
+            image = app.store.open(resolve(fif, app.settings))
+        except ImagingError as exc:
+            return _json(404, {"error": exc.message})
+        celestial_of = getattr(image.source, "celestial", None)
+        celestial = celestial_of() if celestial_of is not None else None
+        if celestial is None:
+            return _json(200, {"celestial": False})
+        if pixel is not None:
+            world = celestial.pixel_to_world(*pixel)
+        else:
+            pixel = celestial.world_to_pixel(*world)
+        return _json(200, {"celestial": True, "lon_name": celestial.lon_name,
+                           "lat_name": celestial.lat_name, "system": celestial.system,
+                           "pixel": None if pixel is None else list(pixel),
+                           "world": None if world is None else list(world)})
 
     def static(self, path: str) -> tuple[Path, str] | None:
         """(file, content type) for a ``/static/...`` path, or None."""
@@ -110,6 +179,8 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
                 status, body = 200, front.index
                 headers = [("Content-Type", "text/html; charset=utf-8"),
                            ("Cache-Control", "no-cache")]
+            elif path == WCS_PATH:
+                status, headers, body = front.world(query)
             elif path == "/images.json":
                 status, body = 200, front.image_list()
                 headers = [("Content-Type", "application/json"), ("Cache-Control", "no-cache")]

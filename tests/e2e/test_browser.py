@@ -1,10 +1,18 @@
-"""Real headless Chromium (Debian ``chromium``, driven by playwright-core from npm).
+"""Real headless Chromium (Debian ``chromium``, driven by playwright-core from npm),
+with the network cut off: every request to anything but the server under test is
+aborted and recorded, and the tests assert that there was none.
 
 ``test_viewer_*``: the viewer page of ``iipy serve`` on the example images, as a user
-works it (tests/e2e/browser/viewer-test.js): it loads, every tile is a 200, there is
-no console error, changing the colormap, min/max and gamma changes the tiles' pixels,
-a cube is shown as a colour mix, one channel, and another mix, edge tiles have their
-real size, and the screenshots are not blank.
+works it (tests/e2e/browser/viewer-test.js), in one browser session: it loads with
+Leaflet served by iipy itself (the XStatic-Leaflet package), every tile is a 200, there
+is no console error, changing the colormap, min/max and gamma changes the tiles'
+pixels, a cube is shown as a colour mix, one channel, and another mix, edge tiles have
+their real size, the screenshots are not blank; each stretch sends its IIP form
+(pixels compared for the numeric GAM only), a range preset equals the percentiles of
+the values it reads (computed here with NumPy), the page's address opened in a second
+page restores the view, the readout under the cursor shows a known pixel's value and
+RA/Dec as astropy computes them, the download button gives a FITS file of the view
+that astropy opens, and a link giving the centre as RA, Dec centres that position.
 
 ``test_visiomatic2_request_forms``: tests/e2e/browser/v2forms.html, served by nginx
 (conf/nginx.conf.in) in front of a standalone iipy, sends the exact requests of
@@ -12,20 +20,23 @@ VisiOmatic 2 (docs/protocol.md §12.1) and parses the metadata with its regular
 expressions (§12.2); the test checks each request's form and status and that CMP and
 MINMAX change the pixels.
 
-Leaflet and playwright-core come from tests/e2e/browser/node_modules (``npm ci``,
-done by conf/bootstrap.sh); the page of ``iipy serve`` uses that Leaflet through
-``--assets local`` (there is no internet access in the tests).
+playwright-core comes from tests/e2e/browser/node_modules (``npm ci``, done by
+conf/bootstrap.sh), as does the Leaflet of the VisiOmatic 2 page.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+from astropy.io import fits
+from astropy.wcs import WCS
 
 from tests.e2e._serve import (BROWSER_DIR, LEAFLET_DIST, image_stats, iipy_cli_command,
                               require_browser, run_node)
@@ -58,7 +69,7 @@ def _max_chroma(tiles: dict) -> float:
 
 @pytest.fixture
 def serve(tmp_path_factory: pytest.TempPathFactory, example_data):
-    """Start ``iipy serve PATH... --assets local --no-browser`` on a free port; returns
+    """Start ``iipy serve PATH... --no-browser`` on a free port; returns
     its base URL.  Stopped (SIGTERM) at teardown, failing on leftovers or tracebacks."""
     launcher = Launcher(tmp_path_factory, "iipy-serve")
 
@@ -68,14 +79,19 @@ def serve(tmp_path_factory: pytest.TempPathFactory, example_data):
         workdir = launcher.workdir()
         env = {k: v for k, v in os.environ.items()
                if not k.startswith("IIPY_") and k not in ("DISPLAY", "WAYLAND_DISPLAY")}
-        env.update(IIPY_VIEWER_ASSETS=str(LEAFLET_DIST), IIPY_CACHE_DIR=str(workdir / "cache"))
+        env.update(IIPY_CACHE_DIR=str(workdir / "cache"))
         cmd = [*iipy_cli_command(), "serve", *map(str, paths), "--port", str(port),
-               "--workers", str(workers), "--assets", "local", "--no-browser"]
+               "--workers", str(workers), "--no-browser"]
         launcher.start(cmd, env, f"{HOST}:{port}", workdir, None)
         return f"http://{HOST}:{port}/"
 
     yield start
     launcher.close()
+
+
+#: The pixel the readout test points at (FITS, 1-based) and the one a RA, Dec link names.
+READOUT_PIXEL = (1000, 700)
+RADEC_PIXEL = (321.25, 1234.5)
 
 
 def test_viewer_in_chromium(serve, example_data, tmp_path: Path) -> None:
@@ -85,12 +101,23 @@ def test_viewer_in_chromium(serve, example_data, tmp_path: Path) -> None:
     out.mkdir()
     profile = tmp_path / "profile"
     profile.mkdir()
-    run_node("viewer-test.js", ["--url", url, "--out", str(out), "--chromium", chromium], profile)
+    with fits.open(example_data["sky"]) as hdul:
+        sky, header = hdul[0].data.astype(np.float64), hdul[0].header
+    wcs = WCS(header)
+    ra, dec = wcs.all_pix2world([RADEC_PIXEL], 1)[0]
+    run_node("viewer-test.js", ["--url", url, "--out", str(out), "--chromium", chromium,
+                                "--pixel", "%d,%d" % READOUT_PIXEL, "--radec",
+                                "%.12f,%.12f" % (ra, dec)], profile, timeout=180.0)
     result = json.loads((out / "result.json").read_text())
     assert result["ok"], result["error"]
     log = result["log"]
     assert log["console"] == [], log["console"]
     assert log["pageErrors"] == [], log["pageErrors"]
+    # No network: nothing was asked of another host (and Leaflet came from iipy).
+    assert log["blocked"] == [], log["blocked"]
+    assert all(r["url"].startswith(url) for r in log["responses"])
+    assert any(r["url"] == url + "static/leaflet/leaflet.js" and r["status"] == 200
+               for r in log["responses"])
     assert result["title"] == "iipy viewer"
     assert result["images"] == ["cube.fits", "int16.fits", "sky.fits"]
 
@@ -137,6 +164,107 @@ def test_viewer_in_chromium(serve, example_data, tmp_path: Path) -> None:
     for name in ("page", "page-cube", "default", "jet", "cube-mix"):
         std, distinct = image_stats(out / f"{name}.png")
         assert std > 5 and distinct > 20, f"{name}.png looks blank ({std=:.1f}, {distinct=})"
+
+    _check_stretches(steps, log)
+    _check_preset(result, url)
+    _check_shared_view(result)
+    _check_readout(result, sky, wcs)
+    _check_download(result, out / "view.fits", sky, wcs)
+    # A link with the centre in RA, Dec: the page centres that pixel (server-side WCS).
+    radec = result["radec"]
+    assert radec["stretch"] == "log" and radec["centre"]["zoom"] == 2
+    assert abs(radec["centre"]["x"] - RADEC_PIXEL[0]) < 0.01
+    assert abs(radec["centre"]["y"] - RADEC_PIXEL[1]) < 0.01
+
+
+def _check_stretches(steps: dict, log: dict) -> None:
+    """Each stretch sends its IIP form (docs/protocol.md §5.13, §5.14); the tiles of the
+    numeric forms (power laws) differ from the linear ones."""
+    expected = {"linear": "&CTW=1;1;1", "sqrt": "&GAM=sqrt&CTW=1;1;1",
+                "log": "&GAM=log&CTW=1;1;1", "asinh": "&GAM=asinh&CTW=1;1;1",
+                "equalise": "&CNT=eq&CTW=1;1;1", "power": "&GAM=0.4545&CTW=1;1;1",
+                "power2": "&GAM=0.5000&CTW=1;1;1", "asinh05": "&GAM=asinh:0.5&CTW=1;1;1"}
+    tile_urls = [r["url"] for r in log["responses"] if "JTL=" in r["url"]]
+    for name, query in expected.items():
+        step = steps["stretch-" + name]
+        assert step["image"] == "sky.fits" and step["query"] == query, (name, step["query"])
+        assert any(u.split("?", 1)[1].startswith("FIF=sky.fits" + query + "&JTL=")
+                   for u in tile_urls), name
+    assert _difference(steps["stretch-linear"]["tiles"], steps["stretch-power"]["tiles"]) > 5
+    assert _difference(steps["stretch-power"]["tiles"], steps["stretch-power2"]["tiles"]) > 1
+
+
+def _check_preset(result: dict, url: str) -> None:
+    """The 99.5 % preset: the 0.25 % and 99.75 % quantiles of the finite values of the
+    reduced copy it reads (CVT=fits), computed here from the same bytes with NumPy."""
+    preset = result["preset"]
+    assert "&CVT=fits" in preset["url"]
+    status, headers, body = http_get(url + preset["url"])
+    assert status == 200 and headers["Content-Type"] == "application/fits"
+    with fits.open(io.BytesIO(body)) as hdul:
+        values = hdul[0].data.astype(np.float64)
+    values = values[np.isfinite(values)]
+    want = np.quantile(values, [0.0025, 0.9975])
+    (lo, hi), = preset["ranges"]
+    assert lo == pytest.approx(want[0], rel=1e-9) and hi == pytest.approx(want[1], rel=1e-9)
+    query = result["steps"]["preset"]["query"]
+    assert query == f"&GAM=asinh:0.5&MINMAX=1:{_js(lo)},{_js(hi)}&CTW=1;1;1", query
+
+
+def _check_shared_view(result: dict) -> None:
+    """The address of the first page, opened in a second one, restores the image, the
+    centre, the zoom, the stretch, the colormap and the range: same tiles, same pixels."""
+    shared = result["shared"]
+    first, second = shared["first"], shared["second"]
+    assert "#fif=sky.fits&x=1000.00&y=700.00&zoom=4&stretch=asinh&beta=0.5&cmap=hot&min=" \
+        in shared["url"], shared["url"]
+    for key in ("image", "query", "stretch", "colormap", "beta", "ranges", "hash"):
+        assert second[key] == first[key], key
+    for key in ("x", "y"):
+        assert abs(second["centre"][key] - first["centre"][key]) < 1e-6
+    assert second["centre"]["zoom"] == first["centre"]["zoom"] == 4
+    a, b = shared["firstTiles"], shared["secondTiles"]
+    assert set(a) == set(b) and a
+    assert max(abs(a[k][c] - b[k][c]) for k in a for c in "rgb") < 0.01
+
+
+def _check_readout(result: dict, sky: np.ndarray, wcs: WCS) -> None:
+    """The readout of READOUT_PIXEL: its value (PFL) and RA/Dec (the header's WCS), as
+    astropy reads them."""
+    x, y = READOUT_PIXEL
+    readout = result["readout"]["values"]
+    assert (readout["x"], readout["y"]) == (x, y)
+    assert readout["values"] == [pytest.approx(float(sky[y - 1, x - 1]), rel=1e-8)]
+    ra, dec = wcs.all_pix2world([[x, y]], 1)[0]
+    assert readout["lon"] == pytest.approx(ra, abs=1e-9)
+    assert readout["lat"] == pytest.approx(dec, abs=1e-9)
+    assert (readout["lonName"], readout["latName"]) == ("RA", "Dec")
+    pixel, value, lon, lat, lon_name, lat_name, _ = result["readout"]["text"]
+    assert pixel == f"x {x}, y {y}"
+    assert float(value) == pytest.approx(float(sky[y - 1, x - 1]), rel=1e-7)
+    assert lon.endswith(f"{ra:.6f}°") and lat.endswith(f"{dec:.6f}°")
+    hours = ra / 15
+    assert lon.startswith("%02d:%02d:" % (int(hours), int(hours * 60) % 60))
+    assert (lon_name, lat_name) == ("RA", "Dec")
+
+
+def _check_download(result: dict, path: Path, sky: np.ndarray, wcs: WCS) -> None:
+    """The FITS file of the view: float32 values of the region in view, with a WCS that
+    puts READOUT_PIXEL where its value is."""
+    assert result["download"]["name"] == "sky.fits"
+    assert "&RGN=" in result["download"]["url"] and result["download"]["url"].endswith(
+        "&CVT=fits")
+    with fits.open(path) as hdul:
+        hdul.verify("exception")
+        cut = hdul[0]
+        data = cut.data
+        assert data.dtype == np.dtype(">f4") and data.ndim == 2
+        assert 100 < data.shape[1] < 2048 and 100 < data.shape[0] < 1536
+        cutwcs = WCS(cut.header)
+    x, y = READOUT_PIXEL
+    i, j = cutwcs.all_world2pix([wcs.all_pix2world([[x, y]], 1)[0]], 1)[0]
+    assert abs(i - round(i)) < 0.01 and abs(j - round(j)) < 0.01
+    assert data[round(j) - 1, round(i) - 1] == np.float32(sky[y - 1, x - 1])
 
 
 def test_viewer_serves_only_the_given_paths(serve, example_data, tmp_path: Path) -> None:

@@ -184,3 +184,44 @@ def test_random_requests_stay_bounded():
         assert 0 <= e.x and e.w >= 1 and e.x + e.w <= lw
         assert 0 <= e.y and e.h >= 1 and e.y + e.h <= lh
         assert e.level == nres - 1 or e.w * e.h <= 4 * (e.out_w + 2) * (e.out_h + 2)
+
+
+def test_random_cutouts_stay_bounded():
+    """CVT=fits (region.cutout): the region and level of CVT, an integer block factor,
+    each side 1..MAX_CVT, never more pixels than the region at its level, never fewer
+    than CVT's output unless MAX_CVT forced a larger block."""
+    rnd = random.Random(20240602)
+    sizes = [1, 2, 3, 255, 256, 257, 1001, 4097, 16384, 100000]
+    numbers = [0, 0, 1, 2, 100, 3000, 5000, 6000, -5, -1, 2**31 - 1, -2**31]
+    for _ in range(5000):
+        w = rnd.choice(sizes + [rnd.randint(1, 50000)])
+        h = rnd.choice(sizes + [rnd.randint(1, 50000)])
+        nres = num_resolutions(w, h, 256, 256)
+        parts = [rnd.choice([0.0, 1.0, 0.5, 1e-9, rnd.random(), rnd.uniform(-2, 3)])
+                 for _ in range(4)]
+        rgn = parser.rgn(",".join(repr(p) for p in parts)) if rnd.random() < 0.8 else None
+        wid = rnd.choice(numbers + [rnd.randint(1, 20000)])
+        hei = rnd.choice(numbers + [rnd.randint(1, 20000)])
+        max_cvt = rnd.choice([64, 300, 5000])
+        e = region.plan(w, h, nres, rgn, wid, hei, max_cvt)
+        c = region.cutout(w, h, nres, rgn, wid, hei, max_cvt)
+        assert (c.level, c.x, c.y, c.w, c.h) == (e.level, e.x, e.y, e.w, e.h)
+        assert c.factor >= 1 and c.scale == c.factor << c.level
+        assert (c.out_w, c.out_h) == (c.w // c.factor, c.h // c.factor)
+        assert c.out_w <= max_cvt and c.out_h <= max_cvt
+        if min(c.w, c.h) * max_cvt < max(c.w, c.h):
+            continue  # narrower than one block: refused by CVT (a side is 0)
+        assert c.out_w >= 1 and c.out_h >= 1
+        if c.factor > 1 and c.w // (max_cvt + 1) + 1 < c.factor and \
+                c.h // (max_cvt + 1) + 1 < c.factor:
+            assert c.out_w >= e.out_w and c.out_h >= e.out_h
+    # the examples of docs/protocol.md §5.6 on a 1001 x 701 image
+    nres = num_resolutions(1001, 701, 256, 256)
+    assert region.cutout(1001, 701, nres, None, 0, 0, 5000) == \
+        region.Cutout(0, 0, 0, 1001, 701, 1, 1001, 701)
+    assert region.cutout(1001, 701, nres, (0.25, 0.25, 0.5, 0.5), 0, 0, 5000) == \
+        region.Cutout(0, 250, 175, 501, 351, 1, 501, 351)
+    assert region.cutout(1001, 701, nres, None, 250, 0, 5000) == \
+        region.Cutout(2, 0, 0, 250, 175, 1, 250, 175)
+    assert region.cutout(1001, 701, nres, None, 100, 0, 5000) == \
+        region.Cutout(2, 0, 0, 250, 175, 2, 125, 87)

@@ -3,11 +3,18 @@ the CGI-to-HTTP translation, the settings, the viewer page and the progress outp
 
 from __future__ import annotations
 
+import argparse
 import io
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from astropy.io import fits
+from astropy.wcs import WCS
 
 from iipy.server import cgi
 from iipy.viewer import assets, catalogue, command, frontend
@@ -135,8 +142,60 @@ def test_local_assets_lookup(tmp_path: Path) -> None:
     (dist / "leaflet.css").write_text("")
     for given in (dist, tmp_path / "node_modules" / "leaflet", tmp_path):
         assert assets.find_local_assets({"IIPY_VIEWER_ASSETS": str(given)}) == dist.resolve()
-    with pytest.raises(assets.AssetError, match="npm install leaflet@1.9.4"):
+    with pytest.raises(assets.AssetError, match="no leaflet.js and leaflet.css in"):
         assets.find_local_assets({"IIPY_VIEWER_ASSETS": str(tmp_path / "elsewhere")})
+
+
+def test_leaflet_comes_with_iipy() -> None:
+    """Without IIPY_VIEWER_ASSETS, --assets local (the default) serves the files of the
+    XStatic-Leaflet package, an install requirement: the page needs no network."""
+    found = assets.packaged_leaflet()
+    assert found is not None, "XStatic-Leaflet is not installed"
+    directory, version = found
+    assert version.startswith("1.9.")
+    assert assets.find_local_assets({}) == directory.resolve()
+    for name in ("leaflet.js", "leaflet.css", "images/layers.png"):
+        assert assets.static_file("/static/leaflet/" + name, directory.resolve()) is not None
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    assert parser.parse_args(["x.fits"]).assets == "local"
+
+
+def test_world_coordinates_endpoint(tmp_path: Path) -> None:
+    """/wcs.json: the header's WCS both ways (astropy's numbers), and clean errors."""
+    hdr = fits.Header()
+    for key, value in dict(CTYPE1="RA---TAN", CTYPE2="DEC--TAN", CRVAL1=150.1, CRVAL2=2.2,
+                           CRPIX1=50.5, CRPIX2=40.5, CD1_1=-5e-5, CD1_2=1e-6, CD2_1=1e-6,
+                           CD2_2=5e-5).items():
+        hdr[key] = value
+    fits.PrimaryHDU(np.zeros((80, 100), np.float32), hdr).writeto(tmp_path / "w.fits")
+    fits.PrimaryHDU(np.zeros((8, 10), np.float32)).writeto(tmp_path / "plain.fits")
+    (tmp_path / "other.fits").write_bytes(b"")
+    roots = catalogue.build_roots([str(tmp_path / "w.fits"), str(tmp_path / "plain.fits")])
+    env = {"IIPY_CACHE_DIR": str(tmp_path / "cache"), "VERBOSITY": "0"}
+    front = frontend.FrontEnd(catalogue.Catalogue(roots), [
+        command.serve_settings(env).replace(filesystem_prefix=root.prefix) for root in roots],
+        "local", None, None)
+
+    def get(query: str, status: int = 200) -> dict:
+        code, headers, body = front.world(query)
+        assert code == status and ("Content-Type", "application/json") in headers
+        return json.loads(body)
+
+    answer = get("FIF=w.fits&pixel=10,20.5")
+    want = WCS(hdr).all_pix2world([[10, 20.5]], 1)[0]
+    assert answer["celestial"] and answer["pixel"] == [10, 20.5]
+    assert answer["world"] == pytest.approx(list(want), abs=1e-12)
+    assert (answer["lon_name"], answer["lat_name"], answer["system"]) == ("RA", "Dec", "ICRS")
+    back = get("FIF=w.fits&world=%r,%r" % tuple(float(v) for v in want))
+    assert back["pixel"] == pytest.approx([10, 20.5], abs=1e-8)
+    assert get("FIF=plain.fits&pixel=1,1") == {"celestial": False}
+    assert "not served" in get("FIF=other.fits&pixel=1,1", 404)["error"]
+    for bad in ("FIF=w.fits", "FIF=w.fits&pixel=1", "FIF=w.fits&pixel=nan,1",
+                "FIF=w.fits&pixel=1,2&world=3,4", "pixel=1,2"):
+        assert "expected" in get(bad, 400)["error"], bad
+    # The far side of the projection has no pixel.
+    assert get("FIF=w.fits&world=330.1,-2.2")["pixel"] is None
 
 
 def test_static_files_stay_in_their_directories(tmp_path: Path) -> None:
@@ -203,3 +262,42 @@ def test_cli_has_serve() -> None:
 def test_static_directory_is_package_data() -> None:
     names = sorted(os.listdir(assets.STATIC_DIR))
     assert names == ["index.html", "viewer.css", "viewer.js"]
+
+
+def test_importing_iipy_stays_cheap() -> None:
+    """``iipy.show`` is re-exported lazily: ``import iipy`` loads nothing else of iipy,
+    and the notebook module needs neither numpy nor astropy."""
+    code = (
+        "import sys, iipy\n"
+        "def loaded(): return sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('numpy', 'astropy', 'PIL') or m.startswith('iipy.'))\n"
+        "print(loaded())\n"
+        "show = iipy.show\n"
+        "from iipy.viewer import notebook\n"
+        "assert show is notebook.show\n"
+        "print(loaded())\n")
+    root = Path(__file__).resolve().parents[2]
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(root)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True).stdout.splitlines()
+    assert out == ["[]", "['iipy.settings', 'iipy.viewer', 'iipy.viewer.notebook']"]
+    with pytest.raises(AttributeError):
+        getattr(__import__("iipy"), "nothing")
+
+
+def test_notebook_frame_and_hash() -> None:
+    """The state ``iipy.show`` puts in the viewer's address, and the frame's HTML."""
+    from iipy.viewer import notebook
+
+    assert notebook.view_hash("a b/m31.fits[1]", stretch="power", gamma=2.5, pixel=(10, 20.5),
+                              zoom=2) == \
+        "#fif=a%20b/m31.fits[1]&x=10.0&y=20.5&zoom=2&stretch=power&gamma=2.5"
+    assert notebook.view_hash(None) == ""
+    for bad in ({"stretch": "cubic"}, {"colormap": "viridis"}, {"vmin": 1},
+                {"center": (float("nan"), 0)}):
+        with pytest.raises(ValueError):
+            notebook.view_hash("x.fits", **bad)
+    frame = notebook.View('http://127.0.0.1:1/#fif=a"b<c>.fits', height=300)._repr_html_()
+    assert frame == ('<iframe src="http://127.0.0.1:1/#fif=a&quot;b&lt;c&gt;.fits" '
+                     'style="width: 100%; height: 300px; border: 0" title="iipy viewer" '
+                     'allowfullscreen></iframe>')

@@ -165,6 +165,9 @@ class FitsImage:
             self.labels = channel_labels(hdr, self.channels)
         self._subject: str | None = None
         self._fd: int | None = None
+        #: a cube or a set of extensions: cut-outs keep the third axis
+        self._cube = len(hdus) > 1 or int(hdr["NAXIS"]) >= 3
+        self._celestial: Celestial | None | bool = False  # False: not looked at yet
 
     # --- data ---------------------------------------------------------------------------
 
@@ -241,6 +244,31 @@ class FitsImage:
             if isinstance(value, str) and value.strip():
                 return value.strip()
         return ""
+
+    # --- cut-outs and world coordinates ------------------------------------------------------
+
+    def fits_cutout(self, data: np.ndarray, x0: int, y0: int, scale: int) -> bytes:
+        """A FITS file of ``data``, float32 (C, h, w) in IIP orientation: the values of
+        the region whose top-left full-resolution pixel is (x0, y0) (IIP coordinates),
+        each pixel the mean of ``scale`` x ``scale`` original pixels.  Written in the
+        usual FITS orientation, with this image's header cards and its WCS adjusted
+        (``cutout_header``); a cube (or a set of extensions) keeps its third axis."""
+        channels, out_h, out_w = data.shape
+        first, last = x0 + 1, x0 + out_w * scale
+        bottom = self.height - y0 - out_h * scale + 1
+        top = self.height - y0
+        what = "block means of %dx%d pixels" % (scale, scale) if scale > 1 else "pixel values"
+        history = "iipy CVT=fits: [%d:%d,%d:%d] of %s, %s" % (
+            first, last, bottom, top, os.path.basename(self.ref.path), what)
+        header = cutout_header(self._hdu.header, self.height, x0, y0, scale, out_h, history)
+        flipped = data[:, ::-1, :]
+        return encode_fits(flipped if self._cube else flipped[0], header)
+
+    def celestial(self) -> "Celestial | None":
+        """The celestial WCS of the image's first two axes, or None."""
+        if self._celestial is False:
+            self._celestial = celestial_of(self._hdu.header)
+        return self._celestial
 
     def close(self) -> None:
         fd = getattr(self, "_fd", None)
@@ -425,3 +453,195 @@ def subject_header(hdr, width: int, height: int, channels: int, labels: list[str
             cards.append(fits.Card("CHAN%04d" % (i + 1), label))
     header = fits.Header(cards)
     return header.tostring(sep="", endcard=True, padding=False)
+
+
+# --- science cut-outs (CVT=fits) and world coordinates -----------------------------------
+
+#: Cards a cut-out never copies: the structure (written anew), the scaling (the values are
+#: calibrated floats), checksums and data ranges (no longer true), tile compression.
+_CUTOUT_DROP = {"SIMPLE", "XTENSION", "BITPIX", "NAXIS", "EXTEND", "PCOUNT", "GCOUNT",
+                "GROUPS", "BSCALE", "BZERO", "BLANK", "CHECKSUM", "DATASUM", "DATAMIN",
+                "DATAMAX", "ZIMAGE", "END"}
+_CUTOUT_DROP_RE = re.compile(r"^(NAXIS\d+|Z[A-Z]+\d*|ZQUANT\w*|ZDITHER\w*)$")
+_ALTERNATES = " ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_SIP_RE = re.compile(r"^(A|B|AP|BP)_(\d+)_(\d+)$")
+
+
+def _number(hdr, key: str) -> float | None:
+    value = hdr.get(key)
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def _scale_wcs(hdr, offsets: tuple[float, float], scale: int) -> None:
+    """Adjust, in place, every WCS (primary and alternates A-Z) of pixel axes 1 and 2 for
+    a cut-out whose pixel (i, j) is the original's (scale i + offsets[0],
+    scale j + offsets[1]) (FITS pixels, 1-based): CRPIX' = (CRPIX - offset) / scale, and
+    the matrix columns of axes 1 and 2 times ``scale``: the CDi_1, CDi_2 cards, else
+    CDELT1 and CDELT2 (PC unchanged), or, when PC couples axes 1-2 with other axes, the
+    PCi_1 and PCi_2 cards.  SIP coefficients (A, B, AP, BP) and IRAF's LTV/LTM follow."""
+    keys = [k for k in hdr.keys() if k not in ("COMMENT", "HISTORY", "")]
+    for alt in _ALTERNATES:
+        a = alt.strip()
+        mine = re.compile(r"^(CRPIX|CRVAL|CTYPE|CDELT|CD|PC)(\d+)(?:_(\d+))?%s$" % a)
+        found = [(k, m.group(1), int(m.group(2)), int(m.group(3) or 0))
+                 for k in keys if (m := mine.match(k))]
+        if not any((j or i) in (1, 2) for _, _, i, j in found):
+            continue
+        for i, off in ((1, offsets[0]), (2, offsets[1])):
+            key = "CRPIX%d%s" % (i, a)
+            hdr[key] = ((_number(hdr, key) or 0.0) - off) / scale
+        if scale == 1:
+            continue
+        cd = [k for k, kind, _, j in found if kind == "CD" and j in (1, 2)]
+        for k in cd:
+            value = _number(hdr, k)
+            if value is not None:
+                hdr[k] = value * scale
+        coupled = any(kind == "PC" and (i <= 2) != (j <= 2) and _number(hdr, k)
+                      for k, kind, i, j in found)
+        if coupled and not cd:
+            naxes = max([i for _, _, i, _ in found] + [j for _, _, _, j in found] + [2])
+            for i in range(1, naxes + 1):
+                for j in (1, 2):
+                    key = "PC%d_%d%s" % (i, j, a)
+                    value = _number(hdr, key)
+                    value = (1.0 if i == j else 0.0) if value is None else value
+                    if value:
+                        hdr[key] = value * scale
+        elif not coupled:
+            for i in (1, 2):
+                key = "CDELT%d%s" % (i, a)
+                value = _number(hdr, key)
+                if value is not None:
+                    hdr[key] = value * scale
+                elif not cd:
+                    hdr[key] = float(scale)
+    if scale != 1:
+        for key in keys:
+            match = _SIP_RE.match(key)
+            value = _number(hdr, key)
+            if match and value is not None:
+                p, q = int(match.group(2)), int(match.group(3))
+                hdr[key] = value * float(scale) ** (p + q - 1)
+    for i, off in ((1, offsets[0]), (2, offsets[1])):
+        ltv = _number(hdr, "LTV%d" % i)
+        if ltv is not None:
+            hdr["LTV%d" % i] = (ltv - off) / scale
+        for j in (1, 2):
+            ltm = _number(hdr, "LTM%d_%d" % (i, j))
+            if ltm is not None and scale != 1:
+                hdr["LTM%d_%d" % (i, j)] = ltm / scale
+
+
+def cutout_header(hdr, naxis2: int, x0: int, y0: int, scale: int, out_h: int,
+                  history: str = "") -> "fits.Header":
+    """The header of a cut-out of an image of ``naxis2`` rows: every card of ``hdr`` but
+    the structure, scaling, checksums and data ranges, with the WCS adjusted.
+
+    The cut-out starts at full-resolution pixel (x0, y0) in IIP coordinates (top-left
+    origin, docs/protocol.md §7.6), has ``out_h`` rows, and each of its pixels covers
+    ``scale`` x ``scale`` original pixels; it is written in the usual FITS orientation
+    (first row at the bottom).  Its FITS pixel (i, j) is then the original's
+    (scale i + ox, scale j + oy) with ox = x0 + (1 - scale) / 2 and
+    oy = naxis2 - y0 - out_h scale + (1 - scale) / 2."""
+    out = fits.Header()
+    for card in hdr.cards:
+        try:
+            key = card.keyword
+            if key in _CUTOUT_DROP or _CUTOUT_DROP_RE.match(key):
+                continue
+            if key in ("COMMENT", "HISTORY", ""):
+                out.append(fits.Card(key, str(card.value)), end=True)
+            else:
+                value = card.value
+                if isinstance(value, float) and not math.isfinite(value):
+                    continue
+                out.append(fits.Card(key, value, card.comment), end=True)
+        except Exception:  # a card astropy cannot parse: leave it out
+            continue
+    half = (1 - scale) / 2
+    offsets = (x0 + half, naxis2 - y0 - out_h * scale + half)
+    _scale_wcs(out, offsets, scale)
+    if history:
+        out.add_history(history)
+    return out
+
+
+def encode_fits(data: np.ndarray, header) -> bytes:
+    """A single-HDU FITS file of float32 ``data`` (FITS order) with ``header``'s cards."""
+    data = np.ascontiguousarray(data, dtype=">f4")
+    hdu = fits.PrimaryHDU(data=data, header=header)
+    body = data.tobytes()
+    return hdu.header.tostring().encode("ascii") + body + b"\0" * (-len(body) % 2880)
+
+
+class Celestial:
+    """The celestial world coordinates of pixel axes 1 and 2 of an image (astropy.wcs):
+    FITS pixels, 1-based, in the usual orientation; degrees."""
+
+    def __init__(self, wcs):
+        self._wcs = wcs
+        lng, lat = wcs.wcs.lngtyp.strip(), wcs.wcs.lattyp.strip()
+        self.swapped = wcs.wcs.lng == 1
+        names = {"RA": ("RA", "Dec"), "GLON": ("l", "b"), "ELON": ("λ", "β"),
+                 "SLON": ("SGL", "SGB")}
+        self.lon_name, self.lat_name = names.get(lng, (lng, lat))
+        if lng == "RA":
+            self.system = wcs.wcs.radesys.strip() or "ICRS"
+            if self.system in ("FK4", "FK5") and math.isfinite(wcs.wcs.equinox):
+                self.system += " J%g" % wcs.wcs.equinox if self.system == "FK5" \
+                    else " B%g" % wcs.wcs.equinox
+        else:
+            self.system = {"GLON": "Galactic", "ELON": "Ecliptic",
+                           "SLON": "Supergalactic"}.get(lng, lng)
+
+    def pixel_to_world(self, x: float, y: float) -> tuple[float, float] | None:
+        """(longitude, latitude) of FITS pixel (x, y), or None outside the projection."""
+        try:
+            with _quiet_wcs():
+                world = self._wcs.all_pix2world([[x, y]], 1)[0]
+        except Exception:
+            return None
+        lon, lat = (world[1], world[0]) if self.swapped else (world[0], world[1])
+        if not (math.isfinite(lon) and math.isfinite(lat)):
+            return None
+        return float(lon) % 360.0, float(lat)
+
+    def world_to_pixel(self, lon: float, lat: float) -> tuple[float, float] | None:
+        """FITS pixel (x, y) of (longitude, latitude), or None where it has none."""
+        point = [lat, lon] if self.swapped else [lon, lat]
+        try:
+            with _quiet_wcs():
+                pixel = self._wcs.all_world2pix([point], 1, quiet=True)[0]
+        except Exception:
+            return None
+        if not (math.isfinite(pixel[0]) and math.isfinite(pixel[1])):
+            return None
+        return float(pixel[0]), float(pixel[1])
+
+
+@contextlib.contextmanager
+def _quiet_wcs() -> Iterator[None]:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with np.errstate(all="ignore"):
+            yield
+
+
+def celestial_of(hdr) -> Celestial | None:
+    """The celestial WCS of pixel axes 1 and 2 of ``hdr``, or None (no celestial axes
+    there, or a WCS that astropy cannot read)."""
+    try:
+        from astropy.wcs import WCS
+
+        with _quiet_wcs():
+            wcs = WCS(hdr, naxis=2, relax=True)
+    except Exception:
+        return None
+    if not wcs.has_celestial or {wcs.wcs.lng, wcs.wcs.lat} != {0, 1}:
+        return None
+    return Celestial(wcs)

@@ -21,7 +21,10 @@ const CHROMIUM_FLAGS = [
 /**
  * Start Chromium with an empty user data directory and open one page.
  * Returns {context, page, log}; log.responses = [{url, status}], log.failed =
- * [{url, error}], log.console = [text of console errors], log.pageErrors = [messages].
+ * [{url, error}], log.console = [text of console errors], log.pageErrors = [messages],
+ * log.blocked = [URLs of requests to anything but options.allowOrigin: the network is
+ * cut off, every such request is aborted].  Pages opened later with watch(page) are
+ * logged too.
  */
 async function openBrowser(options) {
   const context = await chromium.launchPersistentContext(options.userDataDir, {
@@ -29,10 +32,25 @@ async function openBrowser(options) {
     headless: true,
     args: CHROMIUM_FLAGS,
     viewport: { width: 1200, height: 800 },
+    acceptDownloads: true,
     timeout: 30000,
   });
+  const log = { responses: [], failed: [], console: [], pageErrors: [], blocked: [] };
+  await context.route('**/*', (route) => {
+    const url = route.request().url();
+    if (url === options.allowOrigin || url.startsWith(options.allowOrigin + '/')) {
+      return route.continue();
+    }
+    log.blocked.push(url);
+    return route.abort('internetdisconnected');
+  });
   const page = context.pages()[0] || (await context.newPage());
-  const log = { responses: [], failed: [], console: [], pageErrors: [] };
+  watch(page, log);
+  return { context, page, log };
+}
+
+/** Record a page's responses, failed requests, console errors and page errors in log. */
+function watch(page, log) {
   page.on('response', (response) => {
     log.responses.push({ url: response.url(), status: response.status() });
   });
@@ -49,7 +67,7 @@ async function openBrowser(options) {
     log.pageErrors.push(String(error && error.stack ? error.stack : error));
   });
   page.setDefaultTimeout(30000);
-  return { context, page, log };
+  return page;
 }
 
 /**
@@ -96,7 +114,7 @@ function writeResult(outDir, result) {
   fs.writeFileSync(path.join(outDir, 'result.json'), JSON.stringify(result, null, 1));
 }
 
-/** Parse `--name value` arguments into an object. */
+/** Parse `--name value` arguments into an object (url, out, chromium, profile required). */
 function parseArgs(argv) {
   const args = {};
   for (let i = 0; i < argv.length; i += 2) {
@@ -113,15 +131,17 @@ function parseArgs(argv) {
   return args;
 }
 
-/** Run `body(page, log, result)` in a fresh browser; always close it and write the result. */
+/** Run `body(page, log, result, args, context)` in a fresh browser whose network is cut off
+ * but for the origin of --url; always close it and write the result. */
 async function run(argv, body) {
   const args = parseArgs(argv);
   const result = { ok: false, steps: {}, log: null, error: null };
   let browser = null;
   try {
-    browser = await openBrowser({ executablePath: args.chromium, userDataDir: args.profile });
+    browser = await openBrowser({ executablePath: args.chromium, userDataDir: args.profile,
+                                  allowOrigin: new URL(args.url).origin });
     result.log = browser.log;
-    await body(browser.page, browser.log, result, args);
+    await body(browser.page, browser.log, result, args, browser.context);
     result.ok = true;
   } catch (error) {
     result.error = String(error && error.stack ? error.stack : error);
@@ -134,4 +154,4 @@ async function run(argv, body) {
   process.exitCode = result.ok ? 0 : 1;
 }
 
-module.exports = { CHROMIUM_FLAGS, openBrowser, tileSignatures, run };
+module.exports = { CHROMIUM_FLAGS, openBrowser, watch, tileSignatures, run };

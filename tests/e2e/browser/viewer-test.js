@@ -1,15 +1,20 @@
-// Drive the viewer page of `iipy serve` in headless Chromium, the way a user would:
-// open it on sky.fits, change the colormap, then min/max, then open the cube and mix
-// its channels.  After each step, record the tiles' pixels and a screenshot.
+// Drive the viewer page of `iipy serve` in headless Chromium, the way a user would,
+// with the network cut off (lib.js): open it on sky.fits, change the colormap, then
+// min/max, then open the cube and mix its channels; back on sky.fits, try every stretch
+// and a range preset, move to a pixel, open the page's address in a second page (a
+// shared link), read the values under the cursor there, download the view as FITS,
+// and follow a link giving the centre as RA, Dec.  After each display step, record
+// the tiles' pixels and a screenshot.
 //
 //   node viewer-test.js --url http://127.0.0.1:PORT/ --out DIR --chromium /usr/bin/chromium
-//                       --profile EMPTY_DIR
+//                       --profile EMPTY_DIR --pixel X,Y --radec RA,DEC
 //
-// Writes DIR/result.json (read by tests/e2e/test_browser.py) and DIR/<step>.png.
+// Writes DIR/result.json (read by tests/e2e/test_browser.py), DIR/<step>.png and
+// DIR/view.fits.
 'use strict';
 
 const path = require('path');
-const { run, tileSignatures } = require('./lib');
+const { run, watch, tileSignatures } = require('./lib');
 
 const TILES = '#map .iipy-tile img';
 
@@ -43,7 +48,19 @@ async function setValue(page, selector, value) {
   await page.dispatchEvent(selector, 'change');
 }
 
-run(process.argv.slice(2), async (page, log, result, args) => {
+/** The state a shared link must restore. */
+async function viewState(page) {
+  return page.evaluate(() => {
+    const v = window.iipyViewer;
+    return {
+      image: v.image, centre: v.centre(), query: v.layer._query, stretch: v.state.stretch,
+      colormap: v.state.colormap, beta: v.state.beta,
+      ranges: v.state.channels.map((ch) => [ch.min, ch.max]), hash: location.hash,
+    };
+  });
+}
+
+run(process.argv.slice(2), async (page, log, result, args, context) => {
   await page.goto(args.url + '#fif=sky.fits');
   await waitForTiles(page, 0);
   result.title = await page.title();
@@ -103,4 +120,92 @@ run(process.argv.slice(2), async (page, log, result, args) => {
   });
   await waitForTiles(page, before);
   await record(page, result, args.out, 'cube-mix2');
+
+  // ---- stretches (pixels are checked for the numeric GAM only) ----
+  before = await loads(page);
+  await page.selectOption('#image', 'sky.fits');
+  await page.waitForFunction(() => window.iipyViewer.image === 'sky.fits');
+  await waitForTiles(page, before);
+  for (const name of ['linear', 'sqrt', 'log', 'asinh', 'equalise', 'power']) {
+    before = await loads(page);
+    await page.selectOption('#stretch', name);
+    await waitForTiles(page, before);
+    await record(page, result, args.out, 'stretch-' + name);
+  }
+  before = await loads(page);
+  await setValue(page, '#gamma', '2');
+  await waitForTiles(page, before);
+  await record(page, result, args.out, 'stretch-power2');
+  before = await loads(page);
+  await page.selectOption('#stretch', 'asinh');
+  await waitForTiles(page, before);
+  before = await loads(page);
+  await setValue(page, '#beta', '0.5');
+  await waitForTiles(page, before);
+  await record(page, result, args.out, 'stretch-asinh05');
+
+  // ---- a range preset: the central 99.5 % of a reduced copy's values ----
+  before = await loads(page);
+  await page.selectOption('#range-preset', '99.5');
+  await page.waitForFunction(() => window.iipyViewer.presetRanges);
+  await waitForTiles(page, before);
+  result.preset = await page.evaluate(() => ({
+    ranges: window.iipyViewer.presetRanges, url: window.iipyViewer.samples.url,
+    inputs: [document.getElementById('min-0').value, document.getElementById('max-0').value],
+  }));
+  await record(page, result, args.out, 'preset');
+
+  // ---- a view worth sharing: colormap, a pixel in the middle, zoomed in ----
+  const [px, py] = args.pixel.split(',').map(Number);
+  before = await loads(page);
+  await page.selectOption('#colormap', 'hot');
+  await waitForTiles(page, before);
+  before = await loads(page);
+  await page.evaluate(([x, y]) => {
+    const v = window.iipyViewer;
+    v.map.setView(v.map.unproject([x - 0.5, v.meta.height + 0.5 - y], v.meta.levels - 1),
+                  v.meta.levels);
+  }, [px, py]);
+  await waitForTiles(page, before);
+  result.shared = { url: page.url(), first: await viewState(page) };
+
+  // ---- the link opened in another page restores the view ----
+  const second = watch(await context.newPage(), log);
+  await second.goto(result.shared.url);
+  await waitForTiles(second, 0);
+  result.shared.second = await viewState(second);
+  result.shared.secondTiles = await tileSignatures(second, TILES);
+  result.shared.firstTiles = await tileSignatures(page, TILES);
+
+  // ---- under the cursor: the pixel, its value and its world coordinates ----
+  const box = await second.locator('#map').boundingBox();
+  const point = await second.evaluate(([x, y]) => window.iipyViewer.containerPointOf(x, y),
+                                      [px, py]);
+  await second.mouse.move(box.x + point.x, box.y + point.y);
+  await second.waitForFunction(([x, y]) => {
+    const r = window.iipyViewer.readout;
+    return r && r.x === x && r.y === y;
+  }, [px, py]);
+  result.readout = await second.evaluate(() => ({
+    values: window.iipyViewer.readout,
+    text: ['pixel', 'value', 'lon', 'lat', 'lon-name', 'lat-name', 'system'].map(
+      (id) => document.getElementById('readout-' + id).textContent),
+  }));
+
+  // ---- download the view as FITS ----
+  const [download] = await Promise.all([second.waitForEvent('download'),
+                                        second.click('#download')]);
+  await download.saveAs(path.join(args.out, 'view.fits'));
+  result.download = { name: download.suggestedFilename(), url: download.url() };
+
+  // ---- a link with the centre in RA, Dec (the address edited in place) ----
+  const [ra, dec] = args.radec.split(',');
+  before = await loads(second);
+  await second.evaluate(([r, d]) => {
+    location.hash = '#fif=sky.fits&ra=' + r + '&dec=' + d + '&zoom=2&stretch=log';
+  }, [ra, dec]);
+  await second.waitForFunction(() => window.iipyViewer.state.stretch === 'log');
+  await waitForTiles(second, before);
+  result.radec = await viewState(second);
+  await second.close();
 });
