@@ -74,6 +74,11 @@ def max_cvt(text: str) -> int:
     return max(64, atoi(text))
 
 
+def log_format(text: str) -> str:
+    """IIPY_LOG_FORMAT: ``json`` (any case) or else ``text``."""
+    return "json" if text.strip().lower() == "json" else "text"
+
+
 def octal_mode(text: str) -> int:
     try:
         return int(text, 8) & 0o777
@@ -176,6 +181,12 @@ SETTINGS: tuple[Setting, ...] = (
             "Tile width and height in pixels."),
     Setting("IIPY_SERVER", "server_token", c_str, "iipy/%s",
             "Value of the Server header (`iipsrv/1.1` gives iipsrv's exact bytes)."),
+    Setting("IIPY_METRICS_BIND", "metrics_bind", c_str, "",
+            "`HOST:PORT` where the master serves Prometheus `/metrics` and `/healthz`; "
+            "empty: off."),
+    Setting("IIPY_LOG_FORMAT", "log_format", log_format, "text",
+            "`text`: iipsrv-style log lines; `json`: one JSON object per line (per request "
+            "at VERBOSITY=2)."),
 )
 
 
@@ -215,6 +226,8 @@ class Settings:
     pyramid_memory_mb: int
     tile_size: int
     server_token: str
+    metrics_bind: str
+    log_format: str
 
     @classmethod
     def from_environ(cls, env: Mapping[str, str] | None = None) -> "Settings":

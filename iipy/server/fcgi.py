@@ -45,7 +45,7 @@ from typing import Any, Callable, NoReturn
 
 from flup.server import fcgi_base as flup
 
-from iipy.server import sockets
+from iipy.server import metrics, sockets
 from iipy.server.cgi import INTERNAL_ERROR
 from iipy.server.prefork import Supervisor, WorkerContext
 from iipy.settings import atoi
@@ -242,9 +242,12 @@ class _Responder:
     request_class = _Request
     capability = CAPABILITIES
 
-    def __init__(self, handler: Handler, ctx: WorkerContext) -> None:
+    def __init__(self, handler: Handler, ctx: WorkerContext,
+                 recorder: metrics.Recorder | None = None) -> None:
         self._handler = handler
         self.ctx = ctx
+        #: This worker's metrics (e.g. ``recorder.abandoned()``).
+        self.recorder = recorder if recorder is not None else metrics.NullRecorder()
 
     def respond(self, params: dict[str, str]) -> bytes:
         """The handler's CGI output, or the generic 500 if it raises (logged once)."""
@@ -457,10 +460,10 @@ class _Worker:
     """Accept connections and answer their requests, one at a time, until told to stop."""
 
     def __init__(self, listener: socket.socket, handler: Handler, settings: Any,
-                 ctx: WorkerContext) -> None:
+                 ctx: WorkerContext, recorder: metrics.Recorder | None = None) -> None:
         self._listener = listener
         self._ctx = ctx
-        self._responder = _Responder(handler, ctx)
+        self._responder = _Responder(handler, ctx, recorder)
         self._allowed = sockets.allowed_peers(settings.fcgi_web_server_addrs or "")
         # Shorter than the supervisor's timeout: a stalled peer costs its connection,
         # not the whole worker.
@@ -530,14 +533,18 @@ class _Worker:
 
 
 def _worker_job(handler_factory: HandlerFactory, settings: Any,
+                board: metrics.MetricsBoard | None,
                 listener: socket.socket, ctx: WorkerContext) -> None:
     """The job run by each worker: build the handler (the boot phase), then serve."""
     handler = handler_factory()
     if getattr(handler, "heartbeat", False) is None:
         # long work inside one request (a pyramid build) proves the worker is alive
         handler.heartbeat = ctx.notify
+    recorder = metrics.recorder(board, ctx.slot)
+    if getattr(handler, "metrics", False) is None:
+        handler.metrics = recorder  # the handler records its requests there
     ctx.ready()
-    _Worker(listener, handler, settings, ctx).run()
+    _Worker(listener, handler, settings, ctx, recorder).run()
 
 
 def serve(handler_factory: HandlerFactory, settings: Any, sock: socket.socket) -> None:
@@ -547,8 +554,28 @@ def serve(handler_factory: HandlerFactory, settings: Any, sock: socket.socket) -
     ``handler(params) -> bytes`` for every request; the bytes are the complete CGI
     output (header lines, blank line, body).  Returns after SIGTERM/SIGINT once
     every worker has finished; exits with status 3 if a worker cannot boot.
+
+    With ``settings.metrics_bind`` the master also serves ``/metrics`` and
+    ``/healthz`` there (:mod:`iipy.server.metrics`); if that address cannot be bound,
+    ``metrics: <reason>`` goes to stderr and the process exits with status 1.
     """
-    job = functools.partial(_worker_job, handler_factory, settings)
-    status = Supervisor(job, settings).run(sock)
+    board = metrics.MetricsBoard(Supervisor.capacity) if settings.metrics_bind else None
+    job = functools.partial(_worker_job, handler_factory, settings, board)
+    supervisor = Supervisor(job, settings)
+    exporter = None
+    if board is not None:
+        try:
+            exporter = metrics.Exporter(settings.metrics_bind, board, supervisor)
+        except (OSError, ValueError, OverflowError) as exc:
+            board.close()
+            _fail("metrics: %s" % (getattr(exc, "strerror", None) or exc), 1)
+        exporter.start()
+    try:
+        status = supervisor.run(sock)
+    finally:
+        if exporter is not None:
+            exporter.close()
+        if board is not None:
+            board.close()
     if status:
         sys.exit(status)

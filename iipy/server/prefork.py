@@ -152,6 +152,8 @@ class WorkerContext:
         wake_fd: int,
     ) -> None:
         self.worker_id = worker_id
+        #: This worker's slot on the shared boards (heartbeat, metrics).
+        self.slot = slot
         self.pid = os.getpid()
         self.max_requests = max_requests
         self.requests = 0
@@ -223,6 +225,29 @@ class WorkerContext:
         return ready
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerState:
+    """One worker as :meth:`Supervisor.snapshot` reports it."""
+
+    worker_id: int
+    pid: int
+    slot: int
+    retiring: bool  # told to finish its request and exit (recycle, scale-down)
+    timed_out: bool  # aborted after its timeout
+    last_beat: float  # time.monotonic() of its last heartbeat
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorState:
+    """The supervisor as :meth:`Supervisor.snapshot` reports it."""
+
+    target: int  # workers wanted
+    stopping: bool
+    workers: tuple[WorkerState, ...]
+    #: worker life-cycle counts: started, recycled, timed_out, died, stopped
+    events: dict[str, int]
+
+
 @dataclass
 class _WorkerRecord:
     """The master's view of one worker process."""
@@ -261,6 +286,8 @@ class Supervisor:
         self._next_id = 1
         self._stopping = False
         self._status = 0
+        #: Worker life-cycle counts (see ``snapshot``).
+        self._events: collections.Counter[str] = collections.Counter()
         self._pid = os.getpid()
         self._sock: socket.socket | None = None
         self._board: HeartbeatBoard | None = None
@@ -419,6 +446,7 @@ class Supervisor:
             self._worker_main(worker_id, slot, old_mask)
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         self._workers[pid] = _WorkerRecord(pid=pid, worker_id=worker_id, slot=slot)
+        self._events["started"] += 1
         log.debug("worker %d started, pid %d", worker_id, pid)
         return True
 
@@ -476,6 +504,7 @@ class Supervisor:
             return
         self._free_slots.append(worker.slot)
         code = os.waitstatus_to_exitcode(status)
+        self._events[_exit_kind(worker, code, self._stopping)] += 1
         what = "worker %d (pid %d)" % (worker.worker_id, pid)
         if code == WORKER_BOOT_ERROR:
             log.error("%s failed to boot: stopping", what)
@@ -490,6 +519,20 @@ class Supervisor:
             log.warning("%s exited with status %d", what, code)
         else:
             log.info("%s exited", what)
+
+    def snapshot(self) -> SupervisorState | None:
+        """The workers and their last heartbeats, for the metrics exporter's thread (it
+        only reads: copying the dict's values is one step under the GIL).  None before
+        ``run`` has set up its board."""
+        board = self._board
+        if board is None:
+            return None
+        workers = tuple(self._workers.values())
+        return SupervisorState(
+            self._target, self._stopping,
+            tuple(WorkerState(w.worker_id, w.pid, w.slot, w.retiring, w.aborted_at is not None,
+                              board.last(w.slot)) for w in workers),
+            dict(self._events))
 
     # ---- inside a worker --------------------------------------------------------
 
@@ -546,6 +589,19 @@ class Supervisor:
         signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         return ctx
+
+
+def _exit_kind(worker: _WorkerRecord, code: int, stopping: bool) -> str:
+    """How a worker's exit is counted: ``timed_out`` (killed by the master for its
+    timeout), ``recycled`` (asked to go, or its max-requests quota used up: status 0),
+    ``stopped`` (server shutdown), ``died`` (anything else)."""
+    if worker.aborted_at is not None:
+        return "timed_out"
+    if stopping and code != WORKER_BOOT_ERROR:
+        return "stopped"
+    if worker.retiring or code == 0:
+        return "recycled"
+    return "died"
 
 
 def _job_stack(frame: FrameType | None) -> str:
