@@ -446,8 +446,10 @@ def _reason(exc: Exception) -> str:
 
 class LayeredCache:
     """Memory first, then memcached; a memcached hit is copied into memory.  Either
-    layer may be missing.  ``last_hit`` names the layer of the last hit (for the
-    request log) and ``elapsed`` adds up the seconds spent in the cache."""
+    layer may be missing.  Per request (since ``begin_request``): ``last_hit`` names
+    the layer of the last hit (for the request log), ``elapsed`` adds up the seconds
+    spent in the cache, ``lookups`` counts hits and misses per layer and
+    ``memcached_errors()`` the memcached failures (for the metrics)."""
 
     def __init__(self, hasher: KeyHasher, memory: MemoryCache | None = None,
                  shared: MemcachedCache | None = None):
@@ -457,6 +459,10 @@ class LayeredCache:
         self.last_hit: str | None = None
         self.looked_up = False
         self.elapsed = 0.0
+        #: layer name -> [hits, misses] of the request in progress
+        self.lookups: dict[str, list[int]] = {MemoryCache.name: [0, 0],
+                                              MemcachedCache.name: [0, 0]}
+        self._errors_before = 0
 
     @property
     def enabled(self) -> bool:
@@ -466,6 +472,16 @@ class LayeredCache:
         self.last_hit = None
         self.looked_up = False
         self.elapsed = 0.0
+        for counts in self.lookups.values():
+            counts[0] = counts[1] = 0
+        self._errors_before = self._errors()
+
+    def _errors(self) -> int:
+        return getattr(self.shared, "errors", 0) if self.shared is not None else 0
+
+    def memcached_errors(self) -> int:
+        """memcached failures since ``begin_request``."""
+        return self._errors() - self._errors_before
 
     def outcome(self) -> str:
         """For the request log: the layer that answered, ``miss``, or ``-`` (no lookup,
@@ -483,12 +499,14 @@ class LayeredCache:
             value = self.memory.get_digest(digest)
             if value is not None:
                 self.last_hit = self.memory.name
+            self.lookups.setdefault(self.memory.name, [0, 0])[value is None] += 1
         if value is None and self.shared is not None:
             value = self.shared.get_digest(digest)
             if value is not None:
                 self.last_hit = self.shared.name
                 if self.memory is not None:
                     self.memory.set_digest(digest, value)
+            self.lookups.setdefault(self.shared.name, [0, 0])[value is None] += 1
         self.elapsed += time.perf_counter() - t0
         return value
 

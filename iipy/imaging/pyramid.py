@@ -94,11 +94,14 @@ class _NoRoom(Exception):
 class Pyramid:
     def __init__(self, image: ImageSource, grid: Grid, cache_dir: str,
                  progress: Callable[[str, float], None] | None = None, *,
-                 cache_max_mb: int = 0, memory_mb: int = MEMORY_MB):
-        """``progress(what, fraction)`` is called while a pyramid is being built;
-        ``cache_max_mb`` is IIPY_CACHE_DIR_MAX_MB (0: automatic) and ``memory_mb``
-        IIPY_PYRAMID_MEMORY_MB."""
+                 cache_max_mb: int = 0, memory_mb: int = MEMORY_MB,
+                 on_build: Callable[[float], None] | None = None):
+        """``progress(what, fraction)`` is called while a pyramid is being built, and
+        ``on_build(seconds)`` once this process has built one (not when it maps one
+        another process built); ``cache_max_mb`` is IIPY_CACHE_DIR_MAX_MB (0: automatic)
+        and ``memory_mb`` IIPY_PYRAMID_MEMORY_MB."""
         self.progress = progress
+        self.on_build = on_build
         self.image = image
         self.grid = grid
         #: Index k - 1 -> level k; None for a level computed per request (not on disk).
@@ -115,6 +118,7 @@ class Pyramid:
         self._reserved = 0  # bytes of ``memory`` held by this pyramid
         #: Why the levels are not on disk (after ``ensure``), "" when they are.
         self.not_on_disk = ""
+        self._built = False  # levels computed by this process (not mapped)
 
     # --- public ----------------------------------------------------------------------
 
@@ -122,10 +126,14 @@ class Pyramid:
         if self._ready:
             return
         start = time.monotonic()
+        self._built = False
         if not self._open_on_disk():
             self._build_in_memory()
         self._ready = True
-        log.debug("pyramid of %s ready in %.3f s", self.image.ref.path, time.monotonic() - start)
+        seconds = time.monotonic() - start
+        log.debug("pyramid of %s ready in %.3f s", self.image.ref.path, seconds)
+        if self._built and self.on_build is not None:
+            self.on_build(seconds)
 
     def close(self) -> None:
         """Let go of the levels: the shared lock (the pyramid may then be evicted) and
@@ -334,6 +342,7 @@ class Pyramid:
         while first > 1 and kept + sizes[first - 2] <= room:
             first -= 1
             kept += sizes[first - 1]
+        self._built = True
         if first == 1:
             self._build(None)
         else:
@@ -414,6 +423,7 @@ class Pyramid:
         if nlevels == 0:
             self.levels = []
             self.ranges = self._sample_ranges()
+            self._built = True
             return
         for k in range(1, nlevels + 1):
             out = self._allocate(k, files)
@@ -455,3 +465,4 @@ class Pyramid:
             levels.append(out)
         self.levels = list(levels)
         self.ranges = [robust_range(np.concatenate(s)) for s in samples]
+        self._built = True

@@ -38,10 +38,12 @@ class OpenImage:
 
 class ImageStore:
     def __init__(self, settings: Settings, capacity: int = 64,
-                 progress: Callable[[str, float], None] | None = None):
-        """``progress`` is passed to every pyramid build (see ``Pyramid``)."""
+                 progress: Callable[[str, float], None] | None = None,
+                 on_build: Callable[[float], None] | None = None):
+        """``progress`` and ``on_build`` are passed to every pyramid (see ``Pyramid``)."""
         self.settings = settings
         self.progress = progress
+        self.on_build = on_build
         self._open: LRU[tuple, OpenImage] = LRU(capacity, close=lambda im: im.close())
 
     def open(self, ref: ImageRef) -> OpenImage:
@@ -52,7 +54,8 @@ class ImageStore:
                         self.settings.tile_size, self.settings.tile_size)
             pyramid = Pyramid(fits_image, grid, self.settings.cache_dir, self.progress,
                               cache_max_mb=self.settings.cache_dir_max_mb,
-                              memory_mb=self.settings.pyramid_memory_mb)
+                              memory_mb=self.settings.pyramid_memory_mb,
+                              on_build=self.on_build)
             image = OpenImage(ref, fits_image, grid, pyramid)
             self._open.put(ref.key, image)
             log.debug("opened %s (%dx%dx%d, BITPIX %d)", ref.path, fits_image.width,

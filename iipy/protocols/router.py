@@ -5,23 +5,45 @@ HTTP methods: GET and POST are answered alike (from the query string, as iipsrv 
 a request body is ignored); HEAD gets the same headers, Content-Length included, and no
 body; OPTIONS gets ``204 No Content`` (the CORS preflight answer when CORS is set);
 anything else gets ``405 Method Not Allowed``.  A missing REQUEST_METHOD means GET.
+
+Every request is accounted for once it is answered: counted on the worker's metrics
+recorder (when the FastCGI worker set one), and logged at VERBOSITY=2, either as
+iipsrv-style text (the status, the request string, the milliseconds of the whole and
+of reading, rendering, encoding and the cache, the body's bytes, the cache layer that
+answered) or, with IIPY_LOG_FORMAT=json, as the fields of one JSON object that
+``iipy.server.logsetup`` writes.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from typing import Any, Callable, Mapping, Protocol
 
-from iipy.cache import build_cache
+from iipy.cache import LayeredCache, build_cache
 from iipy.errors import IIPyError
 from iipy.imaging.store import ImageStore
 from iipy.protocols.http import Responder, Response, error_response, parse_http_date
 from iipy.protocols.iip import commands, parser
-from iipy.protocols.iip.context import Context
+from iipy.protocols.iip.context import Context, Timings
 from iipy.settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: Commands named by the first command of a request in another protocol.
+OTHER_PROTOCOLS = frozenset({"iiif", "zoomify", "deepzoom"})
+
+
+class Metrics(Protocol):
+    """Where a worker counts its requests (the FastCGI worker sets one; see
+    ``iipy.server.metrics``).  Label values outside the recorder's fixed sets are
+    counted as ``other``."""
+
+    def request(self, protocol: str, command: str, status: int, nbytes: int,
+                stages: Mapping[str, float], lookups: Mapping[str, tuple[int, int]],
+                memcached_errors: int = 0) -> None: ...
+
+    def pyramid_built(self, seconds: float) -> None: ...
 
 
 class Application:
@@ -34,13 +56,20 @@ class Application:
         #: Set by the FastCGI worker: called during long work (pyramid builds), so the
         #: supervisor does not take a busy worker for a hung one.
         self.heartbeat: Callable[[], None] | None = None
-        self.store = ImageStore(settings, progress=self._progress)
+        #: Set by the FastCGI worker: counts every request (``/metrics``).
+        self.metrics: Metrics | None = None
+        self.store = ImageStore(settings, progress=self._progress, on_build=self._built)
         self.cache = build_cache(settings)
+        self._json_log = settings.log_format == "json"
         log.debug("response cache: %s", self.cache.describe())
 
     def _progress(self, what: str, fraction: float) -> None:
         if self.heartbeat is not None:
             self.heartbeat()
+
+    def _built(self, seconds: float) -> None:
+        if self.metrics is not None:
+            self.metrics.pyramid_built(seconds)
 
     def __call__(self, params: dict[str, str]) -> bytes:
         return self.handle(params).to_bytes()
@@ -53,23 +82,38 @@ class Application:
         return params.get("QUERY_STRING", "")
 
     def handle(self, params: dict[str, str]) -> Response:
+        start = time.perf_counter()
+        trace = _Trace()
         method = params.get("REQUEST_METHOD") or "GET"
         if method == "GET" or method == "POST":
-            return self.answer(params)
-        if method == "HEAD":
-            return self.answer(params).without_body()
-        if method == "OPTIONS":
-            return self.responder.preflight()
-        log.info("405 %s [%s]", method[:32], params.get("QUERY_STRING", "")[:200])
-        return self.responder.method_not_allowed()
+            response = self.answer(params, trace)
+        elif method == "HEAD":
+            response = self.answer(params, trace).without_body()
+        elif method == "OPTIONS":
+            trace.protocol, trace.command = "http", "options"
+            response = self.responder.preflight()
+        else:
+            trace.protocol, trace.command = "http", "method"
+            if not self._json_log:
+                log.info("405 %s [%s]", method[:32], params.get("QUERY_STRING", "")[:200])
+            response = self.responder.method_not_allowed()
+        self._account(method, trace, response, time.perf_counter() - start)
+        return response
 
-    def answer(self, params: dict[str, str]) -> Response:
-        """The response to a GET (also POST and HEAD, which send it without a body)."""
+    def answer(self, params: dict[str, str], trace: "_Trace | None" = None) -> Response:
+        """The response to a GET (also POST and HEAD, which send it without a body).
+        ``trace`` collects what the log line and the metrics report."""
+        if trace is None:
+            trace = _Trace()
         start = time.perf_counter()
         query = self.request_string(params)
+        trace.query = query
         if not query:
             return self.responder.advert()
         request = parser.parse(query)
+        trace.parse = time.perf_counter() - start
+        if request.commands and request.commands[0].name in OTHER_PROTOCOLS:
+            trace.protocol = request.commands[0].name
         ims = params.get("HTTP_IF_MODIFIED_SINCE")
         cache = self.cache
         cache.begin_request()
@@ -83,7 +127,10 @@ class Application:
         except Exception:
             log.exception("unhandled error for %r", query)
             response = self.responder.internal_error()
-        if log.isEnabledFor(logging.INFO):
+        trace.command = ctx.command if ctx.command in _KNOWN_COMMANDS else "other"
+        trace.timings = ctx.timings
+        trace.cache = cache
+        if not self._json_log and log.isEnabledFor(logging.INFO):
             t = ctx.timings
             hit = cache.outcome()
             log.info("%d %s %.2f ms (read %.2f, render %.2f, encode %.2f, cache %.2f) "
@@ -92,3 +139,59 @@ class Application:
                      1e3 * t.read, 1e3 * t.render, 1e3 * t.encode, 1e3 * cache.elapsed,
                      len(response.body), hit)
         return response
+
+    def _account(self, method: str, trace: "_Trace", response: Response, total: float) -> None:
+        """The request's metrics and, with IIPY_LOG_FORMAT=json, its log line."""
+        stages = trace.stages(total)
+        cache = trace.cache
+        if self.metrics is not None:
+            lookups = ({layer: (hits, misses) for layer, (hits, misses) in cache.lookups.items()}
+                       if cache is not None else {})
+            self.metrics.request(trace.protocol, trace.command, response.status,
+                                 len(response.body), stages, lookups,
+                                 cache.memcached_errors() if cache is not None else 0)
+        if self._json_log and log.isEnabledFor(logging.INFO):
+            hit = cache.outcome() if cache is not None else "-"
+            fields: dict[str, Any] = {
+                "event": "request", "method": method[:32],
+                "protocol": trace.protocol, "command": trace.command, "query": trace.query,
+                "status": response.status, "bytes": len(response.body),
+                "ms": {stage: round(1e3 * seconds, 3) for stage, seconds in stages.items()},
+                "cache": None if hit == "-" else hit,
+            }
+            log.info("%d %s", response.status, trace.query, extra={"iipy_fields": fields})
+
+
+#: Values of the ``command`` of a request's log line and metrics: the IIP commands and
+#: the other protocols' names; anything else is ``other``.
+_KNOWN_COMMANDS = frozenset(commands.HANDLERS) | OTHER_PROTOCOLS
+
+
+class _Trace:
+    """What one request did, for its log line and its metrics."""
+
+    __slots__ = ("protocol", "command", "query", "parse", "timings", "cache")
+
+    def __init__(self) -> None:
+        self.protocol = "iip"
+        self.command = "none"  # no command: the advert page
+        self.query = ""
+        self.parse: float | None = None
+        self.timings: Timings | None = None
+        self.cache: LayeredCache | None = None
+
+    def stages(self, total: float) -> dict[str, float]:
+        """Seconds per stage, for the stages the request went through."""
+        out: dict[str, float] = {}
+        if self.parse is not None:
+            out["parse"] = self.parse
+        if self.cache is not None and self.cache.looked_up and self.cache.enabled:
+            out["cache"] = self.cache.elapsed
+        t = self.timings
+        if t is not None:
+            for stage in ("read", "render", "encode"):
+                seconds = getattr(t, stage)
+                if seconds > 0.0:
+                    out[stage] = seconds
+        out["total"] = total
+        return out

@@ -1,9 +1,17 @@
 """Logging as iipsrv does it: LOGFILE (appended; ``syslog``; ``-`` for standard error)
 and VERBOSITY (0 silent, 1 start-up summary and errors, 2 one line per request, 3 and
-more: details)."""
+more: details).
+
+With IIPY_LOG_FORMAT=json every line is one JSON object: ``time`` (UTC, ISO 8601 with
+milliseconds), ``level``, ``pid``, then either the fields of a request (a record with
+an ``iipy_fields`` attribute, see ``iipy.protocols.router``) or ``logger`` and
+``message`` (and ``exception``, the traceback, when there is one).
+"""
 
 from __future__ import annotations
 
+import datetime
+import json
 import logging
 import logging.handlers
 import sys
@@ -35,8 +43,33 @@ def configure(settings: Settings) -> None:
         root.addHandler(logging.NullHandler())  # as iipsrv: no log if it cannot be opened
         root.setLevel(logging.CRITICAL + 1)
         return
-    handler.setFormatter(logging.Formatter(
-        "%(asctime)s iipy[%(process)d] %(levelname)s %(name)s: %(message)s"))
+    if settings.log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s iipy[%(process)d] %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
     root.setLevel({1: logging.WARNING, 2: logging.INFO}.get(settings.verbosity, logging.DEBUG))
     logging.getLogger(STARTUP).setLevel(logging.INFO)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, on one line (see the module's docstring)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc)
+        out: dict[str, object] = {
+            "time": stamp.strftime("%Y-%m-%dT%H:%M:%S.") + "%03dZ" % (stamp.microsecond // 1000),
+            "level": record.levelname,
+            "pid": record.process,
+        }
+        fields = getattr(record, "iipy_fields", None)
+        if isinstance(fields, dict):
+            out.update(fields)
+        else:
+            out["logger"] = record.name
+            out["message"] = record.getMessage()
+            if record.exc_info:
+                out["exception"] = self.formatException(record.exc_info)
+        # ensure_ascii: undecodable request bytes (surrogate escapes) stay valid JSON
+        return json.dumps(out, ensure_ascii=True, separators=(",", ":"))

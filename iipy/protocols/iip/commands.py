@@ -24,6 +24,7 @@ def run(request: IIPRequest, ctx: Context) -> Response:
     """Execute the commands of ``request`` and return its response.  As in iipsrv, an
     image-not-set error (1 3) ends the request: later commands are not looked at."""
     for cmd in request.commands:
+        ctx.command = cmd.name
         handler = HANDLERS.get(cmd.name)
         if handler is None:
             ctx.errors.append(UnsupportedCommand(cmd.raw_name))

@@ -61,6 +61,7 @@ class Context:
     errors: list[IIPError] = field(default_factory=list)
     output: Response | None = None
     timings: Timings = field(default_factory=Timings)
+    command: str = ""  # the command running, or the last one run (for the log and metrics)
 
     def require_image(self, argument: str = "") -> OpenImage | None:
         if self.image is None:
