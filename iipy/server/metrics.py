@@ -46,7 +46,7 @@ import time
 from typing import Mapping, Protocol, Sequence
 
 from iipy import __version__
-from iipy.server import sockets
+from iipy.server import logsetup, sockets
 from iipy.server.prefork import SupervisorState
 
 log = logging.getLogger(__name__)
@@ -429,7 +429,8 @@ class Exporter:
         self._running = True
         self._thread = threading.Thread(target=self._run, name="iipy-metrics", daemon=True)
         self._thread.start()
-        log.info("metrics on http://%s:%d/metrics and /healthz", *self.address)
+        logging.getLogger(logsetup.STARTUP).info(
+            "metrics on http://%s:%d/metrics and /healthz", *self.address)
 
     def close(self) -> None:
         self._running = False
@@ -549,10 +550,14 @@ class Exporter:
         return _http(404, "not found: try /metrics or /healthz\n", head_only=head_only)
 
     def _state(self) -> SupervisorState | None:
-        try:
-            return self._supervisor.snapshot()
-        except (ValueError, IndexError):  # the supervisor is closing its board
-            return None
+        for _ in range(3):
+            try:
+                return self._supervisor.snapshot()
+            except RuntimeError:  # the worker table changed while it was copied: again
+                continue
+            except (ValueError, IndexError):  # the supervisor is closing its board
+                return None
+        return None
 
 
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
