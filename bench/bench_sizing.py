@@ -21,7 +21,8 @@ integer copy of it and a three-plane cube, then measures, with real processes
 
 Figures, not assertions: the machine may be shared and noisy, so each throughput figure
 is the best of ``--repeat`` runs (other tenants only ever slow a run down), and the CPU
-time per tile of iipy and nginx is given beside it (what contention changes least).  Needs nginx, wrk and memcached.
+time per tile of iipy and nginx is given beside it (what contention changes least).
+Needs nginx, wrk and memcached.
 """
 
 from __future__ import annotations
@@ -283,8 +284,8 @@ def main() -> int:
                     ("CVT 5000 px, cube", "FIF=cube.fits&WID=5000&CVT=jpeg"),
                     ("CVT full-res region 2048 px",
                      "FIF=f32.fits&RGN=0.25,0.25,0.25,0.25&WID=2048&CVT=jpeg"),
-                    ("TIL 256 tiles, full res",
-                     "FIF=f32.fits&TIL=%d,0-255" % full),
+                    ("TIL %d tiles, full res" % min(256, ntx * ntx),
+                     "FIF=f32.fits&TIL=%d,0-%d" % (full, min(256, ntx * ntx) - 1)),
                     ("PFL across the image", "FIF=f32.fits&PFL=%d:0,%d-%d,%d"
                      % (full, size // 2, size - 1, size // 2)),
                     ("JTL full res", "FIF=f32.fits&GAM=0.4545&JTL=%d,%d"
@@ -324,7 +325,8 @@ def main() -> int:
                     errors = sum(r[3] for r in runs)
                     n = sum(v for k, v in after.items() if k.startswith("iipy_requests_total")) \
                         - sum(v for k, v in before.items() if k.startswith("iipy_requests_total"))
-                    nbytes = after["iipy_response_bytes_total"] - before["iipy_response_bytes_total"]
+                    nbytes = (after["iipy_response_bytes_total"]
+                              - before["iipy_response_bytes_total"])
                     memory = host.worker_memory()
                     print("  %d worker(s) %-8s best %7.1f tiles/s (runs: %s)  mean %6.2f ms  "
                           "p99 %7.2f ms  load avg %.1f%s"

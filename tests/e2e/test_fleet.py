@@ -499,7 +499,8 @@ def test_fleet_survives_a_host_and_a_memcached_failure(fleet, tmp_path):
     # ---- conf/prometheus.yml's job scrapes every host
     job = _prometheus_job()
     for host in IIPY_HOSTS:
-        assert any(k.startswith("iipy_requests_total") for k in fleet.scrape(host, job["metrics_path"]))
+        scraped = fleet.scrape(host, job["metrics_path"])
+        assert any(k.startswith("iipy_requests_total") for k in scraped)
 
     figures = {
         "requests": len(results),
