@@ -1,9 +1,11 @@
-"""Resolution levels and the tile grid (iip-protocol.md §7).  Integer math only.
+"""Resolution levels and the tile grid (docs/protocol.md §7).  Integer math only.
 
 IIP resolution 0 is the smallest image and ``R - 1`` the full one; level ``k`` (number
-of halvings) is ``R - 1 - r``.  Level sizes use floor halving, as VisiOmatic 2 and
-Leaflet.TileLayer.IIP compute them from Max-size, and the pyramid stops at the first
-level that fits in one tile.
+of halvings) is ``R - 1 - r``.  Computed levels (FITS) use floor halving, as VisiOmatic 2
+and Leaflet.TileLayer.IIP compute them from Max-size, and the pyramid stops at the first
+level that fits in one tile.  A file that holds its own levels (pyramidal TIFF) gives
+their sizes instead: the number of resolutions and every level size are then the file's,
+as iipsrv reports them (docs/protocol.md §4.2).
 """
 
 from __future__ import annotations
@@ -25,16 +27,31 @@ class Window:
 
 @dataclass(frozen=True, slots=True)
 class Grid:
+    """The levels of one image and their tile grid.
+
+    ``sizes`` holds the (width, height) of every level, full resolution first, when the
+    file stores them; empty, the levels are computed by floor halving."""
+
     width: int
     height: int
     tile_w: int
     tile_h: int
+    sizes: tuple[tuple[int, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.sizes and self.sizes[0] != (self.width, self.height):
+            raise ValueError("level 0 is %r, not the image size %r"
+                             % (self.sizes[0], (self.width, self.height)))
 
     @property
     def num_resolutions(self) -> int:
+        if self.sizes:
+            return len(self.sizes)
         return num_resolutions(self.width, self.height, self.tile_w, self.tile_h)
 
     def level_size(self, k: int) -> tuple[int, int]:
+        if self.sizes:
+            return self.sizes[k]
         return level_size(self.width, self.height, k)
 
     def resolution_sizes(self) -> list[tuple[int, int]]:

@@ -20,6 +20,11 @@ The rules are iipsrv 1.1's, checked against the running binary:
    is recomputed from the width, above it the width from the height, so the output
    keeps the region's aspect and can differ from WID by one pixel.
 
+Level sizes are the image's: floor halving for computed levels, the file's own for a
+pyramidal TIFF.  As in iipsrv, the level choice and the region's position use floor
+halving of the full size whatever the file holds; the cut (step 2) and the upscaling
+limit (step 3) use the real size of the level.
+
 The output size is always iipsrv's; the level read can be more reduced than iipsrv's:
 the most reduced one whose region still holds at least as many pixels as the output in
 both directions.  So the pixels read are fewer than about four times the output's (or
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 from iipy.imaging.geometry import level_size
 
@@ -94,10 +100,15 @@ def choose_level(width: int, height: int, nres: int, region: tuple[float, float,
 
 
 def region_pixels(width: int, height: int, k: int,
-                  region: tuple[float, float, float, float]) -> tuple[int, int, int, int]:
-    """Step 2: (left, top, width, height) of the region at level k."""
+                  region: tuple[float, float, float, float],
+                  size: tuple[int, int] | None = None) -> tuple[int, int, int, int]:
+    """Step 2: (left, top, width, height) of the region at level k, whose real size is
+    ``size`` (default: floor halving).  The whole image (no region, as iipsrv sees it)
+    is the whole level."""
     x, y, w, h = region
-    lw, lh = level_size(width, height, k)
+    lw, lh = size if size is not None else level_size(width, height, k)
+    if region == (0.0, 0.0, 1.0, 1.0):
+        return 0, 0, lw, lh
     scale = float(1 << k)
 
     def axis(pos: float, size: float, full: int, level: int) -> tuple[int, int]:
@@ -142,16 +153,19 @@ def output_size(region_w: int, region_h: int, level_w: int, level_h: int, width:
 
 
 def _at_level(width: int, height: int, k: int, region: tuple[float, float, float, float],
-              wid: int, hei: int, max_cvt: int, allow_upscaling: bool) -> Export:
-    x, y, w, h = region_pixels(width, height, k, region)
-    lw, lh = level_size(width, height, k)
+              wid: int, hei: int, max_cvt: int, allow_upscaling: bool,
+              size: tuple[int, int]) -> Export:
+    x, y, w, h = region_pixels(width, height, k, region, size)
+    lw, lh = size
     out_w, out_h = output_size(w, h, lw, lh, width, height, wid, hei, max_cvt, allow_upscaling)
     return Export(k, x, y, w, h, out_w, out_h)
 
 
 def plan(width: int, height: int, nres: int, region: tuple[float, float, float, float] | None,
-         wid: int, hei: int, max_cvt: int, allow_upscaling: bool = True) -> Export:
-    """The whole CVT geometry for a ``width`` x ``height`` image with ``nres`` levels.
+         wid: int, hei: int, max_cvt: int, allow_upscaling: bool = True,
+         sizes: Sequence[tuple[int, int]] | None = None) -> Export:
+    """The whole CVT geometry for a ``width`` x ``height`` image with ``nres`` levels
+    (of sizes ``sizes``, full resolution first; default: floor halving).
 
     ``region`` holds RGN's fractions after iipsrv's clamping (None: the whole image);
     ``wid``/``hei`` are WID and HEI as C ints (0: unset).  The output size is iipsrv's,
@@ -160,11 +174,14 @@ def plan(width: int, height: int, nres: int, region: tuple[float, float, float, 
     more reduced one)."""
     if region is None:
         region = (0.0, 0.0, 1.0, 1.0)
+    if sizes is None:
+        sizes = [level_size(width, height, k) for k in range(nres)]
     k = choose_level(width, height, nres, region, wid, hei, max_cvt)
-    geometry = _at_level(width, height, k, region, wid, hei, max_cvt, allow_upscaling)
+    geometry = _at_level(width, height, k, region, wid, hei, max_cvt, allow_upscaling,
+                         sizes[k])
     read, source = k, geometry.source
     for coarser in range(k + 1, nres):
-        candidate = region_pixels(width, height, coarser, region)
+        candidate = region_pixels(width, height, coarser, region, sizes[coarser])
         if candidate[2] < geometry.out_w or candidate[3] < geometry.out_h:
             break
         read, source = coarser, candidate

@@ -51,3 +51,26 @@ def test_extreme_aspect_keeps_one_pixel():
     g = Grid(5000, 3, 256, 256)
     assert g.num_resolutions == 6
     assert g.resolution_sizes()[0] == (156, 1)
+
+
+def test_levels_given_by_the_file():
+    """A pyramidal TIFF brings its own levels: their number and sizes are the file's
+    (here ceil halving and a pyramid that stops early), never recomputed."""
+    sizes = ((1001, 701), (501, 351), (251, 176))
+    g = Grid(1001, 701, 256, 256, sizes)
+    assert g.num_resolutions == 3
+    assert g.resolution_sizes() == [(251, 176), (501, 351), (1001, 701)]
+    assert g.tiles_across(1) == (2, 2)
+    assert g.tile_window(1, 3) == (1, Window(256, 256, 245, 95))
+    assert g.tile_window(0, 0) == (2, Window(0, 0, 251, 176))
+    with pytest.raises(OutOfRange):
+        g.tile_window(3, 0)
+    # one level only: a single resolution however large the image
+    single = Grid(2000, 1000, 512, 512, ((2000, 1000),))
+    assert single.num_resolutions == 1 and single.tiles_across(0) == (4, 2)
+    # tiles of another size than 256, not square
+    odd = Grid(700, 500, 128, 64, ((700, 500), (350, 250)))
+    assert odd.tiles_across(0) == (6, 8) and odd.tile_window(1, 47) == (0, Window(640, 448, 60, 52))
+    assert odd.tile_window(0, 11) == (1, Window(256, 192, 94, 58))
+    with pytest.raises(ValueError):
+        Grid(1001, 701, 256, 256, ((1000, 701),))

@@ -225,3 +225,40 @@ def test_random_cutouts_stay_bounded():
         region.Cutout(2, 0, 0, 250, 175, 1, 250, 175)
     assert region.cutout(1001, 701, nres, None, 100, 0, 5000) == \
         region.Cutout(2, 0, 0, 250, 175, 2, 125, 87)
+
+
+def test_levels_of_the_file_bound_the_region():
+    """With the file's level sizes (here ceil halving, as some writers store them) the
+    level choice and the region's position follow iipsrv's floor arithmetic, and the
+    region is cut to the real level, which is what is read."""
+    sizes = [(1001, 701), (501, 351), (251, 176)]
+    # the whole image is the whole level (iipsrv: no viewport)
+    assert region.plan(1001, 701, 3, None, 251, 0, 5000, sizes=sizes) == \
+        region.Export(2, 0, 0, 251, 176, 251, 176)
+    assert region.plan(1001, 701, 3, (0.0, 0.0, 1.0, 1.0), 250, 0, 5000, sizes=sizes) == \
+        region.Export(2, 0, 0, 251, 176, 250, 175)
+    # a region: positions and sizes by iipsrv's arithmetic on the full size
+    assert region.plan(1001, 701, 3, (0.5, 0.5, 0.5, 0.5), 100, 0, 5000, sizes=sizes) == \
+        region.Export(2, 125, 88, 125, 87, 100, 70)
+    assert region.region_pixels(1001, 701, 1, (0.5, 0.5, 0.5, 0.5), (501, 351)) == \
+        (250, 175, 250, 175)
+    # cut to the real level: a level smaller than floor halving says
+    assert region.region_pixels(1001, 701, 1, (0.9, 0.9, 0.1, 0.1), (480, 340)) == \
+        (450, 315, 30, 25)
+    # without upscaling the output is limited by the real level
+    e = region.plan(1001, 701, 1, None, 5000, 5000, 5000, False, sizes=[(1001, 701)])
+    assert (e.out_w, e.out_h) == (1001, 701)
+    # floor sizes given explicitly: the same plan as computed ones
+    floor = [(1001, 701), (500, 350), (250, 175)]
+    for query in SIZES_1001x701:
+        computed = export_for(query)
+        rgn, wid, hei = None, 0, 0
+        for token in filter(None, query.split("&")):
+            key, _, arg = token.partition("=")
+            if key == "WID":
+                wid = parser.c_int(arg)
+            elif key == "HEI":
+                hei = parser.c_int(arg)
+            elif key == "RGN":
+                rgn = parser.rgn(arg) or rgn
+        assert region.plan(1001, 701, 3, rgn, wid, hei, 5000, sizes=floor) == computed, query
