@@ -1,8 +1,12 @@
 """What every image source gives the rest of iipy (docs/protocol.md §4.2).
 
-A source is one image of one file: FITS (``sources/fits.py``) today, pyramidal TIFF
-beside it.  The protocols only ever see this interface, through ``store.OpenImage``;
-which file format sits behind it is the store's business.
+A source is one image of one file: FITS (``sources/fits.py``) or tiled pyramidal TIFF
+(``sources/tiff.py``).  The protocols only ever see this interface, through
+``store.OpenImage``; which file format sits behind it is the store's business.
+
+A source that holds its own reduced levels (TIFF) is also a ``LevelledSource``: the
+store then serves its levels as they are stored instead of building a pyramid.  Every
+method of both interfaces raises only the domain errors of ``iipy.errors``.
 """
 
 from __future__ import annotations
@@ -38,6 +42,14 @@ class ImageSource(Protocol):
     bits_per_channel: int
     #: Whether PFL prints values as floats.
     is_float: bool
+    #: "grey" or "srgb": the OBJ colour-space line (docs/protocol.md §5.2).
+    colourspace: str
+    #: True for 8-bit samples that are display values: sent unchanged, as iipsrv 1.1 sends
+    #: them, when the request asks for no float operation (docs/protocol.md §6.2).
+    display_8bit: bool
+    #: What SPECTRA divides a stored value by (iipsrv: 255 for 8-bit and 65535 for 16-bit
+    #: TIFF samples; 1 otherwise).
+    spectra_scale: float
 
     def read(self, channel: int, x: int, y: int, w: int, h: int,
              out: np.ndarray | None = None) -> np.ndarray:
@@ -87,4 +99,26 @@ class ScienceSource(ImageSource, Protocol):
 
     def celestial(self) -> Celestial | None:
         """The image's celestial WCS, or None."""
+        ...
+
+
+class LevelledSource(ImageSource, Protocol):
+    """A source whose file holds every resolution level (a pyramidal TIFF)."""
+
+    tile_w: int
+    tile_h: int
+    #: (width, height) of each level, full resolution first.
+    levels: list[tuple[int, int]]
+
+    def default_ranges(self) -> list[DisplayRange]:
+        """Min-Max-sample-values as the file gives them (docs/protocol.md §4.2)."""
+        ...
+
+    def read_level(self, k: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """The stored samples of a window of level k, every channel, float32 (C, h, w)."""
+        ...
+
+    def stored_jpeg(self, k: int, tile: int) -> bytes | None:
+        """Tile ``tile`` of level k as the JPEG the file stores, when it can be sent as it
+        is (docs/protocol.md §5.3); None otherwise."""
         ...

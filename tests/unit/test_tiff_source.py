@@ -7,6 +7,7 @@ corpus at the end, where nothing but a TiffError may come out).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from typing import Any
@@ -18,7 +19,11 @@ import tifffile
 from astropy.io import fits
 from PIL import Image
 
+from iipy.errors import UnreadableImage
+from iipy.imaging.paths import ImageRef
+from iipy.imaging.source import DisplayRange, ImageSource, LevelledSource
 from iipy.imaging.sources import tiff as tiffsrc
+from iipy.imaging.sources.fits import FitsImage
 from iipy.imaging.sources.tiff import (
     DamagedTiff, NotATiff, NotTiled, TiffError, TiffImage, UnreadableTiff, UnsupportedTiff,
     has_tiff_extension, is_tiff,
@@ -341,14 +346,23 @@ def test_stored_tile_grey_and_none_for_other_codecs(tmp_path):
     ("u2", 1, [100], [4000], [(100.0, 4000.0)]),
     # iipsrv keeps them as C floats: 4294967295 becomes 4294967296
     ("u4", 1, None, None, [(0.0, np.float32(4294967295.0))]),
+    # the tags may have the samples' own type: BYTE (which tifffile gives as bytes), SHORT
+    ("u1", 1, b"\n", b"\xc8", [(10.0, 200.0)]),
+    ("u1", 3, b"\x01\x02\x03", b"\xfa\xfb\xfc", [(1.0, 250.0), (2.0, 251.0), (3.0, 252.0)]),
+    ("u2", 1, (7,), (60000,), [(7.0, 60000.0)]),
 ])
 def test_min_max_as_iipsrv(tmp_path, dtype, channels, smin, smax, expected):
     shape = (40, 50) if channels == 1 else (40, 50, channels)
     tags = []
+    kind = "d"
+    if isinstance(smin, bytes):
+        kind, smin, smax = "B", tuple(smin), tuple(smax)
+    elif isinstance(smin, tuple):
+        kind = "H"
     if smin is not None:
-        tags.append((340, "d", len(smin), smin, True))
+        tags.append((340, kind, len(smin), smin, True))
     if smax is not None:
-        tags.append((341, "d", len(smax), smax, True))
+        tags.append((341, kind, len(smax), smax, True))
     path = str(tmp_path / "mm.tif")
     write_levels(path, random_levels(shape, dtype, 1, seed=1), tile=(16, 16), extratags=tags)
     with TiffImage(path) as im:
@@ -363,12 +377,12 @@ def test_description_and_metadata(tmp_path):
                  extratags=[(315, "s", 0, "A. Astronomer", True), (33432, "s", 0, "CC-BY", True)])
     with TiffImage(path) as im:
         assert im.description == "SIMPLE  =                    T"
-        assert im.metadata == {"author": "A. Astronomer", "copyright": "CC-BY",
+        assert im.text_tags == {"author": "A. Astronomer", "copyright": "CC-BY",
                                "create-dtm": "2024:01:02 03:04:05", "app-name": "maker 1.0"}
     path = str(tmp_path / "bare.tif")
     write_levels(path, random_levels((40, 50), "u1", 1, seed=1), tile=(16, 16))
     with TiffImage(path) as im:
-        assert im.description == "" and im.metadata == {}
+        assert im.description == "" and im.text_tags == {}
 
 
 def test_description_bytes_are_kept(tmp_path):
@@ -380,7 +394,99 @@ def test_description_bytes_are_kept(tmp_path):
                  extratags=[(270, 1, len(raw), raw, True), (305, 2, 3, b"ab\0", True)])
     with TiffImage(path) as im:
         assert im.description.encode("latin-1") == b"caf\xe9 \x81\x8d header"
-        assert im.metadata == {"app-name": "ab"}
+        assert im.text_tags == {"app-name": "ab"}
+
+
+# --- the server's image source -----------------------------------------------------------
+
+
+def protocol_members(protocol: type) -> set[str]:
+    """Attribute and method names a Protocol class declares (its own and inherited)."""
+    names: set[str] = set()
+    for cls in protocol.__mro__:
+        if cls in (object,) or cls.__name__ in ("Protocol", "Generic"):
+            continue
+        names |= set(getattr(cls, "__annotations__", {}))
+        names |= {n for n, v in vars(cls).items() if callable(v) and not n.startswith("_")}
+    return names
+
+
+def ref_of(path: str, fif: str) -> ImageRef:
+    st = os.stat(path)
+    return ImageRef(fif, path, "", st.st_mtime_ns, st.st_size)
+
+
+def test_image_source_interface(tmp_path):
+    """TiffImage is the server's image source: every member of ImageSource and
+    LevelledSource (FITS has every ImageSource member too), OBJ metadata with the tag
+    bytes kept, display ranges from the tags, the 8-bit and SPECTRA facts, windows of
+    every level and of one channel."""
+    path = str(tmp_path / "src.tif")
+    levels = random_levels((300, 200, 3), "u1", 2, seed=4)
+    raw = b"caf\xe9 \x81 header"
+    write_levels(path, levels, tile=(64, 64), extratags=[(270, 1, len(raw), raw, True)],
+                 software="maker", photometric="rgb")
+    with TiffImage.open(ref_of(path, "dir/src.tif")) as im:
+        for name in protocol_members(LevelledSource):
+            assert hasattr(im, name), name
+        assert im.ref.fif == "dir/src.tif"
+        assert im.metadata("subject").encode("utf-8", "surrogateescape") == raw
+        assert im.metadata("app-name") == "maker" and im.metadata("title") == ""
+        assert im.default_ranges() == [DisplayRange(0.0, 255.0)] * 3
+        assert (im.display_8bit, im.spectra_scale, im.colourspace) == (True, 255.0, "srgb")
+        np.testing.assert_array_equal(im.read_level(1, 10, 20, 30, 40),
+                                      as_planes(levels[1])[:, 20:60, 10:40])
+        np.testing.assert_array_equal(im.values(5, 6, 7, 8),
+                                      as_planes(levels[0])[:, 6:14, 5:12].astype(np.float64))
+        out = np.empty((8, 7), np.float32)
+        assert im.read(2, 5, 6, 7, 8, out=out) is out
+        np.testing.assert_array_equal(out, levels[0][6:14, 5:12, 2])
+        np.testing.assert_array_equal(im.read_rows(1, 100, 3), levels[0][100:103, :, 1])
+        assert im.stored_jpeg(0, 0) is None  # not JPEG-compressed
+    fits_path = str(tmp_path / "img.fits")
+    fits.writeto(fits_path, np.zeros((10, 12), np.float32))
+    with contextlib.closing(FitsImage(ref_of(fits_path, "img.fits"))) as fim:
+        for name in protocol_members(ImageSource):
+            assert hasattr(fim, name), name
+    for dtype, scale, display in (("u2", 65535.0, False), ("f4", 1.0, False),
+                                  ("u4", 1.0, False)):
+        other = str(tmp_path / ("%s.tif" % dtype))
+        write_levels(other, random_levels((40, 40), dtype, 1, seed=1), tile=(16, 16))
+        with TiffImage(other) as im:
+            assert (im.spectra_scale, im.display_8bit, im.colourspace) == (scale, display, "grey")
+
+
+def test_image_source_errors_name_the_request(tmp_path):
+    """Opening and reading failures are file errors (UnreadableImage) whose text names
+    the image as requested, never the path on disk."""
+    path = str(tmp_path / "strips.tif")
+    tifffile.imwrite(path, np.zeros((100, 100), np.uint8), metadata=None)
+    with pytest.raises(UnreadableImage) as info:
+        TiffImage.open(ref_of(path, "a/strips.tif"))
+    assert str(info.value) == "TIFF image 'a/strips.tif' is not tiled"
+    path = str(tmp_path / "cut.tif")
+    write_levels(path, random_levels((64, 64), "u2", 1, seed=2), tile=(32, 32))
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(data[:200])
+    with pytest.raises(UnreadableImage) as info:
+        TiffImage.open(ref_of(path, "cut.tif"))
+    assert str(info.value) == "Unable to open TIFF file 'cut.tif'"
+    path = str(tmp_path / "garbage.tif")
+    write_levels(path, random_levels((64, 64), "u2", 1, seed=2), tile=(32, 32),
+                 compression="zlib")
+    with tifffile.TiffFile(path) as tif:
+        offset, count = tif.pages[0].dataoffsets[1], tif.pages[0].databytecounts[1]
+    data = bytearray(open(path, "rb").read())
+    data[offset : offset + count] = b"\x55" * count
+    open(path, "wb").write(bytes(data))
+    with TiffImage.open(ref_of(path, "garbage.tif")) as im:
+        im.read_level(0, 0, 0, 32, 32)  # tile 0 is intact
+        for call in (lambda: im.read_level(0, 0, 0, 64, 64), lambda: im.values(40, 0, 1, 1),
+                     lambda: im.read(0, 33, 0, 2, 2)):
+            with pytest.raises(UnreadableImage) as info:
+                call()
+            assert str(info.value) == "Unable to read data of 'garbage.tif'"
 
 
 # --- magic and extensions ---------------------------------------------------------------
@@ -510,7 +616,7 @@ def test_stiff_float_pyramid(tmp_path):
             lo = tif.pages[0].tags[340].value
             hi = tif.pages[0].tags[341].value
         assert im.min_max() == [(float(np.float32(lo)), float(np.float32(hi)))]
-        assert im.metadata["app-name"].startswith("STIFF")
+        assert im.text_tags["app-name"].startswith("STIFF")
         # STIFF stores the FITS data as they are, rows flipped (first row = top)
         flipped = data[::-1]
         np.testing.assert_array_equal(im.read_window(0, 0, 0, 983, 700)[0], flipped)

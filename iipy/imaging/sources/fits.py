@@ -113,6 +113,13 @@ class FitsImage:
     channels), or, with the selector ``*``, every 2-D image extension of the size of
     the first one as the channels of one image."""
 
+    #: FITS planes are grey; colour comes from CTW or a colormap.
+    colourspace = "grey"
+    #: Every FITS sample type goes through the float pipeline (docs/protocol.md §6.2).
+    display_8bit = False
+    #: SPECTRA reports the physical values as they are.
+    spectra_scale = 1.0
+
     def __init__(self, ref: ImageRef):
         self.ref = ref
         try:

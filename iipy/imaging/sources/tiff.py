@@ -16,6 +16,14 @@ Every problem with a file raises a ``TiffError`` subclass and nothing else: a TI
 is not tiled (``NotTiled``), damaged (``DamagedTiff``: truncated, offsets beyond the
 end, undecodable tiles), or outside what is supported (``UnsupportedTiff``: unknown
 compression, sample layout, sizes above the bounds below).
+
+``TiffImage`` is also the image source the server uses (``iipy.imaging.source``'s
+``ImageSource`` and ``LevelledSource``), opened by ``TiffImage.open(ref)``.  The
+methods of that interface (``read_level``, ``stored_jpeg``, ``values``, ``read``...)
+turn every ``TiffError`` into ``iipy.errors.UnreadableImage``, whose text names the
+image as requested: iipsrv answers any TIFF it cannot open or read with a file error
+(docs/protocol.md §4.1, §8.5.2).  The TIFF-level methods (``read_window``,
+``stored_tile``, ``min_max``) raise ``TiffError``.
 """
 
 from __future__ import annotations
@@ -29,9 +37,16 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import contextlib
+from typing import Iterator
+
 import imagecodecs
 import numpy as np
 import tifffile
+
+from iipy.errors import UnreadableImage
+from iipy.imaging.paths import ImageRef
+from iipy.imaging.source import DisplayRange
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +131,13 @@ def is_tiff(head: bytes) -> bool:
     return head[:4] in _MAGICS
 
 
+def claims_tiff(head: bytes) -> bool:
+    """Whether iipsrv 1.1 takes a file starting with ``head`` for a TIFF: the TIFF and
+    BigTIFF signatures, and also ``I I`` (an old signature that libtiff then refuses,
+    so such a file gets a file error rather than the unsupported-type page)."""
+    return is_tiff(head) or head[:3] == b"I I"
+
+
 def has_tiff_extension(name: str) -> bool:
     """Whether ``name`` ends in .tif, .tiff, .ptif or .ptiff (any case)."""
     return name.lower().endswith(TIFF_EXTENSIONS)
@@ -146,11 +168,15 @@ class TiffImage:
     ``channels`` (samples per pixel; 3 for a palette image, which is expanded to RGB),
     ``bits_per_channel``, ``is_float``, ``dtype`` (of the stored samples), ``tile_w``,
     ``tile_h``, ``colourspace`` ("grey" or "srgb"), ``levels`` ((width, height) per
-    level, full resolution first), ``description`` and ``metadata``.
+    level, full resolution first), ``description`` (ImageDescription) and ``text_tags``
+    (the other text tags OBJ reports, by OBJ name).  ``ref`` is the image as the server
+    resolved it (None when opened by path).
     """
 
-    def __init__(self, path: str, *, tile_cache_bytes: int = DEFAULT_TILE_CACHE_BYTES):
+    def __init__(self, path: str, *, tile_cache_bytes: int = DEFAULT_TILE_CACHE_BYTES,
+                 ref: ImageRef | None = None):
         self.path = path
+        self.ref = ref  # type: ignore[assignment]
         self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self._cache_bytes = 0
         self._cache_limit = max(0, int(tile_cache_bytes))
@@ -312,11 +338,18 @@ class TiffImage:
 
         self._min_max = self._sample_range(first)
         self.description = self._text(first, _DESCRIPTION) or ""
-        self.metadata: dict[str, str] = {}
+        self.text_tags: dict[str, str] = {}
         for tag, key in _METADATA_TAGS.items():
             value = self._text(first, tag)
             if value is not None:
-                self.metadata[key] = value
+                self.text_tags[key] = value
+        # what the pipeline and SPECTRA need to know of the samples (docs/protocol.md
+        # §6.2, §5.23): 8-bit ones are display values, and iipsrv divides 8- and 16-bit
+        # ones by the type's maximum in SPECTRA
+        self.display_8bit = self.dtype == np.uint8
+        self.spectra_scale = 1.0
+        if not self.is_float and self.bits_per_channel in (8, 16):
+            self.spectra_scale = 255.0 if self.bits_per_channel == 8 else 65535.0
 
     def _level(self, page: Any, k: int) -> _Level:
         if not page.is_tiled or not page.tilewidth or not page.tilelength:
@@ -371,7 +404,10 @@ class TiffImage:
             tag = page.tags.get(code)
             if tag is None or tag.value is None:
                 return [0.0] * self.channels
-            vals = [float(v) for v in np.asarray(tag.value, np.float64).ravel()]
+            value = tag.value
+            if isinstance(value, bytes):  # BYTE values (the type of 8-bit samples)
+                value = list(value)
+            vals = [float(v) for v in np.asarray(value, np.float64).ravel()]
             if len(vals) == 1:
                 return vals * self.channels
             return (vals + [0.0] * self.channels)[: self.channels]
@@ -499,6 +535,74 @@ class TiffImage:
         if self._photometric == _RGB and not head.rgb:
             return None
         return jpeg
+
+    # --- the image source (iipy.imaging.source): domain errors only --------------------
+
+    @classmethod
+    def open(cls, ref: ImageRef, *, tile_cache_bytes: int = DEFAULT_TILE_CACHE_BYTES
+             ) -> TiffImage:
+        """The TIFF file of ``ref`` opened as an image source; a file that cannot be
+        served (not tiled, damaged, unsupported) raises UnreadableImage."""
+        try:
+            return cls(ref.path, tile_cache_bytes=tile_cache_bytes, ref=ref)
+        except NotTiled as exc:
+            log.warning("%s", exc)
+            raise UnreadableImage("TIFF image '%s' is not tiled" % ref.fif) from None
+        except TiffError as exc:
+            log.warning("cannot open %s", exc)
+            raise UnreadableImage("Unable to open TIFF file '%s'" % ref.fif) from None
+
+    @contextlib.contextmanager
+    def _serving(self) -> Iterator[None]:
+        """A TiffError while serving is a file error naming the image as requested."""
+        try:
+            yield
+        except TiffError as exc:
+            log.warning("cannot read %s", exc)
+            name = self.ref.fif if self.ref is not None else self.path
+            raise UnreadableImage("Unable to read data of '%s'" % name) from None
+
+    def read_level(self, k: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """The stored samples of window (x, y, w, h) of level k, float32 (C, h, w)."""
+        with self._serving():
+            return self.read_window(k, x, y, w, h)
+
+    def stored_jpeg(self, k: int, tile: int) -> bytes | None:
+        """``stored_tile(k, tile)`` for the server (docs/protocol.md §5.3)."""
+        with self._serving():
+            return self.stored_tile(k, tile)
+
+    def default_ranges(self) -> list[DisplayRange]:
+        """``min_max()`` as display ranges (docs/protocol.md §4.2)."""
+        return [DisplayRange(lo, hi) for lo, hi in self._min_max]
+
+    def read(self, channel: int, x: int, y: int, w: int, h: int,
+             out: np.ndarray | None = None) -> np.ndarray:
+        """A full-resolution window of one channel as float32 (h, w)."""
+        with self._serving():
+            window = self.read_window(0, x, y, w, h)[channel]
+        if out is None:
+            return window
+        out[...] = window
+        return out
+
+    def read_rows(self, channel: int, y: int, h: int, out: np.ndarray | None = None,
+                  scratch: bytearray | None = None) -> np.ndarray:
+        """Whole full-resolution rows [y, y + h) of one channel as float32 (h, width)."""
+        return self.read(channel, 0, y, self.width, h, out)
+
+    def values(self, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """The stored values of a full-resolution window, every channel, float64."""
+        return self.read_level(0, x, y, w, h).astype(np.float64)
+
+    def metadata(self, name: str) -> str:
+        """An OBJ metadata object: ``subject`` is ImageDescription, ``author``,
+        ``copyright``, ``create-dtm`` and ``app-name`` the Artist, Copyright, DateTime
+        and Software tags, as iipsrv 1.1 reports them; "" for the others.  The text
+        gives the tag's bytes back with ``.encode("utf-8", "surrogateescape")``, which
+        is how OBJ answers are encoded, so they are sent exactly as stored."""
+        value = self.description if name == "subject" else self.text_tags.get(name, "")
+        return value.encode("latin-1").decode("utf-8", "surrogateescape")
 
     def close(self) -> None:
         """Release the file; idempotent."""
