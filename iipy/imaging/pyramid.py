@@ -24,6 +24,10 @@ worker instead, within ``IIPY_PYRAMID_MEMORY_MB`` per worker: the smallest level
 fit are built in one pass, and windows of the larger ones are computed per request from
 the full-resolution data, in bands of bounded size (the same values, bit for bit).  This
 is logged once per image and worker, not per request.
+
+A pyramidal TIFF holds its levels: ``StoredLevels`` plays the same role for it, reading
+level k from the file as it is stored.  Both satisfy ``Levels``, which is all the
+protocols use.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import os
 import random
 import shutil
 import time
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -43,7 +47,7 @@ from iipy.cache import LRU
 from iipy.errors import UnreadableImage
 from iipy.imaging import kernels, pyramid_dir
 from iipy.imaging.geometry import Grid
-from iipy.imaging.source import DisplayRange, ImageSource
+from iipy.imaging.source import DisplayRange, ImageSource, LevelledSource
 from iipy.imaging.sources.fits import robust_range
 
 log = logging.getLogger(__name__)
@@ -91,7 +95,63 @@ class _NoRoom(Exception):
     """A level file cannot be preallocated: the pyramid cannot be on disk."""
 
 
+class Levels(Protocol):
+    """Every resolution level of one image, as the protocols read them: a ``Pyramid``
+    (computed from a FITS image) or ``StoredLevels`` (held by a pyramidal TIFF)."""
+
+    #: The default display range of each channel (valid after ``ensure``).
+    ranges: list[DisplayRange]
+
+    def ensure(self) -> None:
+        """Make the levels and ``ranges`` ready (may build them)."""
+        ...
+
+    def window(self, k: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """float32 (C, h, w), C-contiguous, of level k (0 is full resolution)."""
+        ...
+
+    def values(self, k: int, x: int, y: int, w: int, h: int) -> tuple[np.ndarray, bool]:
+        """The values PFL and SPECTRA report for a window of level k: float64 (C, h, w),
+        and whether they print as floats (docs/protocol.md §5.22)."""
+        ...
+
+    def stored_jpeg(self, k: int, tile: int) -> bytes | None:
+        """Tile ``tile`` of level k as a JPEG the file stores, sendable as it is."""
+        ...
+
+    def close(self) -> None:
+        """Let go of what the levels hold (the image's file is closed by its owner)."""
+        ...
+
+
+class StoredLevels:
+    """The levels a pyramidal TIFF holds, read as they are stored: nothing is binned,
+    built or written, and the display ranges are the file's (docs/protocol.md §4.2)."""
+
+    def __init__(self, image: LevelledSource):
+        self.image = image
+        self.ranges = image.default_ranges()
+
+    def ensure(self) -> None:
+        pass
+
+    def window(self, k: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        return self.image.read_level(k, x, y, w, h)
+
+    def values(self, k: int, x: int, y: int, w: int, h: int) -> tuple[np.ndarray, bool]:
+        """The stored samples of every level, printed as the file's type says."""
+        return self.image.read_level(k, x, y, w, h).astype(np.float64), self.image.is_float
+
+    def stored_jpeg(self, k: int, tile: int) -> bytes | None:
+        return self.image.stored_jpeg(k, tile)
+
+    def close(self) -> None:
+        pass
+
+
 class Pyramid:
+    """The reduced levels of a FITS image (see the module docstring)."""
+
     def __init__(self, image: ImageSource, grid: Grid, cache_dir: str,
                  progress: Callable[[str, float], None] | None = None, *,
                  cache_max_mb: int = 0, memory_mb: int = MEMORY_MB,
@@ -170,6 +230,17 @@ class Pyramid:
         except (OSError, ValueError, TypeError, EOFError) as exc:
             log.warning("cannot read %s: %s", self.image.ref.path, exc)
             raise UnreadableImage("Unable to read data of '%s'" % self.image.ref.fif) from None
+
+    def values(self, k: int, x: int, y: int, w: int, h: int) -> tuple[np.ndarray, bool]:
+        """Full resolution: the calibrated FITS values (exact for every BITPIX), printed as
+        the data type says; reduced levels: the float32 means, printed as floats."""
+        if k == 0:
+            return self.image.values(x, y, w, h), self.image.is_float
+        return self.window(k, x, y, w, h).astype(np.float64), True
+
+    def stored_jpeg(self, k: int, tile: int) -> bytes | None:
+        """A FITS image stores no JPEG."""
+        return None
 
     # --- disk ------------------------------------------------------------------------
 

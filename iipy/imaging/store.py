@@ -1,5 +1,13 @@
-"""The per-worker cache of open images: FITS memory map, tile grid and pyramid,
-keyed by the image's identity so that a changed file is reopened."""
+"""The per-worker cache of open images, keyed by the image's identity so that a changed
+file is reopened.
+
+An image is opened by its content, as iipsrv decides (docs/protocol.md §4.1): a file
+that starts with a TIFF signature is a tiled pyramidal TIFF (``sources/tiff.py``),
+anything else goes to the FITS reader (``sources/fits.py``), which serves FITS and
+refuses the rest.  The store then gives each image its levels: the levels a TIFF holds,
+read as stored (``pyramid.StoredLevels``), or the pyramid built from a FITS image
+(``pyramid.Pyramid``); and the tile grid that goes with them.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +15,19 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
+from iipy.cache import LRU
+from iipy.imaging.geometry import Grid
+from iipy.imaging.paths import ImageRef
+from iipy.imaging.pyramid import Levels, Pyramid, StoredLevels
 from iipy.imaging.source import DisplayRange, ImageSource
 from iipy.imaging.sources.fits import FitsImage
-from iipy.imaging.geometry import Grid
-from iipy.cache import LRU
-from iipy.imaging.paths import ImageRef
-from iipy.imaging.pyramid import Pyramid
+from iipy.imaging.sources.tiff import TiffImage, claims_tiff
 from iipy.settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: Decoded TIFF tiles kept per open image (reads of neighbouring windows share tiles).
+TIFF_TILE_CACHE_BYTES = 4 << 20
 
 
 @dataclass(slots=True)
@@ -23,7 +35,7 @@ class OpenImage:
     ref: ImageRef
     source: ImageSource
     grid: Grid
-    pyramid: Pyramid
+    pyramid: Levels
 
     @property
     def ranges(self) -> list[DisplayRange]:
@@ -31,9 +43,18 @@ class OpenImage:
         return self.pyramid.ranges
 
     def close(self) -> None:
-        """Close the file and let go of the pyramid (its shared lock, its memory)."""
+        """Close the file and let go of the levels (a pyramid's shared lock, its memory)."""
         self.pyramid.close()
         self.source.close()
+
+
+def _starts_as_tiff(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:  # the FITS reader reports it
+        return False
+    return claims_tiff(head)
 
 
 class ImageStore:
@@ -49,15 +70,25 @@ class ImageStore:
     def open(self, ref: ImageRef) -> OpenImage:
         image = self._open.get(ref.key)
         if image is None:
-            fits_image = FitsImage(ref)
-            grid = Grid(fits_image.width, fits_image.height,
-                        self.settings.tile_size, self.settings.tile_size)
-            pyramid = Pyramid(fits_image, grid, self.settings.cache_dir, self.progress,
-                              cache_max_mb=self.settings.cache_dir_max_mb,
-                              memory_mb=self.settings.pyramid_memory_mb,
-                              on_build=self.on_build)
-            image = OpenImage(ref, fits_image, grid, pyramid)
+            image = self._open_tiff(ref) if _starts_as_tiff(ref.path) else self._open_fits(ref)
             self._open.put(ref.key, image)
-            log.debug("opened %s (%dx%dx%d, BITPIX %d)", ref.path, fits_image.width,
-                      fits_image.height, fits_image.channels, fits_image.bitpix)
         return image
+
+    def _open_tiff(self, ref: ImageRef) -> OpenImage:
+        tiff = TiffImage.open(ref, tile_cache_bytes=TIFF_TILE_CACHE_BYTES)
+        grid = Grid(tiff.width, tiff.height, tiff.tile_w, tiff.tile_h, tuple(tiff.levels))
+        log.debug("opened TIFF %s (%dx%dx%d, %s, %d levels)", ref.path, tiff.width,
+                  tiff.height, tiff.channels, tiff.dtype, len(tiff.levels))
+        return OpenImage(ref, tiff, grid, StoredLevels(tiff))
+
+    def _open_fits(self, ref: ImageRef) -> OpenImage:
+        fits_image = FitsImage(ref)
+        grid = Grid(fits_image.width, fits_image.height,
+                    self.settings.tile_size, self.settings.tile_size)
+        log.debug("opened %s (%dx%dx%d, BITPIX %d)", ref.path, fits_image.width,
+                  fits_image.height, fits_image.channels, fits_image.bitpix)
+        pyramid = Pyramid(fits_image, grid, self.settings.cache_dir, self.progress,
+                          cache_max_mb=self.settings.cache_dir_max_mb,
+                          memory_mb=self.settings.pyramid_memory_mb,
+                          on_build=self.on_build)
+        return OpenImage(ref, fits_image, grid, pyramid)
