@@ -93,7 +93,7 @@ class Setting:
     parse: Callable[[str], Any]
     default: Any  # a value, or a zero-argument callable computing it
     doc: str
-    ignored: bool = False  # accepted for compatibility, no effect on FITS
+    ignored: bool = False  # accepted for compatibility, no effect
 
 
 def _cpu_count() -> int:
@@ -148,11 +148,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MEMCACHED_TIMEOUT", "memcached_timeout", c_int(lo=0), 86400,
             "Expiry of memcached entries, in seconds."),
     Setting("MAX_LAYERS", "max_layers", c_int(), 0,
-            "JPEG2000 quality layers: no effect on FITS.", ignored=True),
+            "JPEG2000 quality layers: no effect (iipy reads no JPEG2000).", ignored=True),
     Setting("EMBED_ICC", "embed_icc", c_int(), 1,
-            "ICC profile embedding: FITS has none.", ignored=True),
+            "ICC profile embedding: iipy embeds none.", ignored=True),
     Setting("KAKADU_READMODE", "kakadu_readmode", c_int(), 0,
-            "Kakadu decoder mode: no effect on FITS.", ignored=True),
+            "Kakadu decoder mode: no effect.", ignored=True),
     Setting("DECODER_MODULES", "decoder_modules", c_str, "",
             "iipsrv decoder plug-ins: no effect.", ignored=True),
     Setting("OMP_NUM_THREADS", "omp_num_threads", c_int(), 0,
@@ -160,6 +160,9 @@ SETTINGS: tuple[Setting, ...] = (
             ignored=True),
     Setting("FCGI_WEB_SERVER_ADDRS", "fcgi_web_server_addrs", c_str, "",
             "Comma-separated IPv4 addresses allowed to connect over TCP; empty: any."),
+    Setting("CODEC_PASSTHROUGH", "codec_passthrough", c_bool, True,
+            "Send a TIFF's stored JPEG tiles undecoded when a JTL asks for no processing "
+            "(iipsrv 1.3)."),
     # --- iipy only --------------------------------------------------------------------
     Setting("IIPY_WORKERS", "workers", c_int(lo=1, hi=256), _cpu_count,
             "Worker processes (default: one per CPU)."),
@@ -217,6 +220,7 @@ class Settings:
     decoder_modules: str
     omp_num_threads: int
     fcgi_web_server_addrs: str
+    codec_passthrough: bool
     workers: int
     timeout: float
     max_requests: int

@@ -8,6 +8,11 @@ Exports (CVT) go through ``export``: the region is read strip by strip, normalis
 runs on the resampled values.  Resampling after normalisation instead of after CTW
 gives the same values, since CTW and resampling are both linear.
 
+8-bit display samples (TIFF) with no float operation asked (no MINMAX, CNT, GAM, CMP,
+INV, CTW, SHD: ``float_processing``) skip normalisation and quantisation: the samples
+are the output, as iipsrv 1.1 sends them (band flattening and COL still apply; an
+export resamples them and truncates).
+
 The watermark (WATERMARK*) is added to the 8-bit result before encoding, so cached
 responses hold it, as in iipsrv.
 """
@@ -47,6 +52,25 @@ class View:
                 self.invert, tuple(tuple(r) for r in self.ctw), self.shade, self.colour)
 
 
+def float_processing(view: View) -> bool:
+    """Whether the view asks for an operation on normalised values: iipsrv 1.1's test
+    (CNT, GAM, CMP, SHD, INV, CTW) plus MINMAX, which iipy always honours."""
+    return bool(view.minmax or view.contrast != 1.0 or view.gamma != 1.0
+                or view.cmap != kernels.CMAP_NONE or view.shade is not None or view.invert
+                or view.ctw)
+
+
+def display_samples(src: np.ndarray) -> np.ndarray:
+    """8-bit samples held in float32 (C, h, w) as the output: uint8 (h, w) grey for one
+    or two channels (the first), (h, w, 3) for three or more (the first three);
+    values outside 0..255 are clipped, fractions truncated."""
+    planes = src[:1] if src.shape[0] < 3 else src[:3]
+    out = np.clip(planes, 0, 255).astype(np.uint8)
+    if out.shape[0] == 1:
+        return np.ascontiguousarray(out[0])
+    return np.ascontiguousarray(np.moveaxis(out, 0, -1))
+
+
 def ranges_for(view: View, defaults: list[DisplayRange]) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel (mins, maxs): the image defaults overridden by MINMAX."""
     mins = np.array([r.lo for r in defaults], np.float64)
@@ -64,12 +88,19 @@ def shade_margin(view: View, channels: int) -> int:
 
 
 def render(src: np.ndarray, view: View, defaults: list[DisplayRange],
-           margin: tuple[int, int, int, int] = (0, 0, 0, 0)) -> np.ndarray:
+           margin: tuple[int, int, int, int] = (0, 0, 0, 0),
+           display_8bit: bool = False) -> np.ndarray:
     """float32 (C, h, w) to uint8 (h, w) grey or (h, w, 3) colour.
 
     ``margin`` (left, top, right, bottom) counts extra pixels around the wanted window
     that ``src`` holds for SHD; they are used for gradients and left out of the result.
-    COL is applied; flips and rotations are not (see ``orient``)."""
+    ``display_8bit``: ``src`` holds 8-bit display samples, output unchanged when the
+    view asks for no float operation.  COL is applied; flips and rotations are not (see
+    ``orient``)."""
+    if display_8bit and not float_processing(view):
+        left, top, right, bottom = margin
+        src = src[:, top : src.shape[1] - bottom, left : src.shape[2] - right]
+        return convert_colour(display_samples(src), view.colour)
     mins, maxs = ranges_for(view, defaults)
     if view.shade is None:
         pixels = kernels.render(src, mins, maxs, ctw=_ctw(view), gamma=view.gamma,
@@ -242,13 +273,16 @@ def _resample_rows(a: np.ndarray, i0: np.ndarray, i1: np.ndarray, f: np.ndarray)
 def export(read: Callable[[int, int, int, int], np.ndarray], source: tuple[int, int, int, int],
            level_size: tuple[int, int], channels: int, out_size: tuple[int, int], view: View,
            defaults: list[DisplayRange], bilinear: bool = True,
-           budget: int = STRIP_BYTES) -> np.ndarray:
+           display_8bit: bool = False, budget: int = STRIP_BYTES) -> np.ndarray:
     """A region resampled to ``out_size`` and rendered: uint8 (h, w) or (h, w, 3).
 
     ``read(x, y, w, h)`` returns float32 (C, h, w) of the level the region
     ``source`` = (x, y, w, h) belongs to (a level of size ``level_size``).  The output
     is built in strips of rows; each strip reads only the source rows it needs, so the
-    float memory stays under ``budget`` bytes whatever the region's size."""
+    float memory stays under ``budget`` bytes whatever the region's size.
+    ``display_8bit`` as for ``render``: without a float operation the 8-bit samples
+    are resampled and truncated, not normalised."""
+    samples = display_8bit and not float_processing(view)
     rx, ry, rw, rh = source
     lw, lh = level_size
     out_w, out_h = out_size
@@ -267,7 +301,7 @@ def export(read: Callable[[int, int, int, int], np.ndarray], source: tuple[int, 
         sy0, sy1 = int(yi0[oy0]), int(yi1[oy1 - 1]) + 1  # region rows this strip needs
         ty0, ty1 = max(0, ry + sy0 - m), min(lh, ry + sy1 + m)
         src = read(cx0, ty0, cx1 - cx0, ty1 - ty0)
-        norm = normalise(src, mins, maxs)
+        norm = src if samples else normalise(src, mins, maxs)
         del src
         if view.shade is not None:
             norm = shade(norm, *view.shade)
@@ -275,7 +309,7 @@ def export(read: Callable[[int, int, int, int], np.ndarray], source: tuple[int, 
         norm = norm[:, top : top + (sy1 - sy0), left : left + rw]
         norm = _resample_cols(norm, xi0, xi1, xf)
         norm = _resample_rows(norm, yi0[oy0:oy1] - sy0, yi1[oy0:oy1] - sy0, yf[oy0:oy1])
-        pixels = finish(norm, view)
+        pixels = display_samples(norm) if samples else finish(norm, view)
         del norm
         if out is None:
             out = np.empty((out_h,) + pixels.shape[1:], np.uint8)

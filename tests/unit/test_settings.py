@@ -16,6 +16,7 @@ IIPSRV_VARIABLES = {
     "BASE_URL", "URI_MAP", "EMBED_ICC", "INTERPOLATION", "WATERMARK", "WATERMARK_PROBABILITY",
     "WATERMARK_OPACITY", "MEMCACHED_SERVERS", "MEMCACHED_TIMEOUT", "KAKADU_READMODE",
     "DECODER_MODULES", "OMP_NUM_THREADS", "FCGI_WEB_SERVER_ADDRS", "FILESYSTEM_SUFFIX",
+    "CODEC_PASSTHROUGH",
 }
 
 
@@ -46,6 +47,7 @@ def test_defaults_are_iipsrvs():
     assert s.interpolation == 1
     assert s.workers >= 1
     assert s.server_token.startswith("iipy/")
+    assert s.codec_passthrough is True
 
 
 @pytest.mark.parametrize("env,field,value", [
@@ -57,6 +59,8 @@ def test_defaults_are_iipsrvs():
     ({"MAX_CVT": "3000"}, "max_cvt", 3000),
     ({"ALLOW_UPSCALING": "yes"}, "allow_upscaling", False),
     ({"ALLOW_UPSCALING": "2"}, "allow_upscaling", True),
+    ({"CODEC_PASSTHROUGH": "0"}, "codec_passthrough", False),
+    ({"CODEC_PASSTHROUGH": "true"}, "codec_passthrough", False),  # atoi, as iipsrv 1.3
     ({"VERBOSITY": "-3"}, "verbosity", 0),
     ({"WATERMARK_OPACITY": "1.5"}, "watermark_opacity", 1.0),
     ({"MAX_IMAGE_CACHE_SIZE": "2.5"}, "max_image_cache_size", 2.5),

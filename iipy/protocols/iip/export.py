@@ -60,8 +60,9 @@ def cmd_cvt(ctx: Context, cmd: Command) -> None:
     png = cmd.arg.lower() == "png"
     settings = ctx.settings
     grid = image.grid
+    sizes = [grid.level_size(k) for k in range(grid.num_resolutions)]
     plan = region.plan(grid.width, grid.height, grid.num_resolutions, ctx.region, ctx.width,
-                       ctx.height, settings.max_cvt, settings.allow_upscaling)
+                       ctx.height, settings.max_cvt, settings.allow_upscaling, sizes)
     bilinear = settings.interpolation != 0
     rotation, mirror = ctx.rotation, ctx.mirror
 
@@ -77,7 +78,8 @@ def cmd_cvt(ctx: Context, cmd: Command) -> None:
         read_before = ctx.timings.read
         pixels = render.export(read, plan.source, grid.level_size(plan.level),
                                image.source.channels, (plan.out_w, plan.out_h), ctx.view,
-                               defaults, bilinear=bilinear)
+                               defaults, bilinear=bilinear,
+                               display_8bit=image.source.display_8bit)
         pixels = render.orient(pixels, rotation, mirror)
         wm = watermark_for(settings)
         if wm is not None:

@@ -38,7 +38,10 @@ def _min_max_line(image: OpenImage) -> str:
 
 
 def _colorspace_line(image: OpenImage) -> str:
-    return "Colorspace,0-%d,0:0 0 1 1 0" % (image.grid.num_resolutions - 1)
+    """``Colorspace,0-<R-1>,0:`` + uncalibrated, then 1 plane (grey) or 3 (sRGB) and
+    their indexes, as iipsrv 1.1 writes it."""
+    planes = "3 3 0 1 2" if image.source.colourspace == "srgb" else "1 1 0"
+    return "Colorspace,0-%d,0:0 0 %s" % (image.grid.num_resolutions - 1, planes)
 
 
 def _max_size_line(ctx: Context, image: OpenImage) -> str:
@@ -62,7 +65,7 @@ def cmd_obj(ctx: Context, cmd: Command) -> None:
     if name == "iip-opt-obj":
         ctx.lines.append(OPT_OBJ)
         return
-    if name in ("dpi", "stack"):  # asked by IIPMooViewer; nothing to say for FITS
+    if name in ("dpi", "stack"):  # asked by IIPMooViewer; iipy has nothing to say
         return
     if not (name in _OBJ_LINES or name in METADATA_OBJECTS or name in ("subject", "basic-info",
                                                                 "summary-info")

@@ -39,17 +39,41 @@ def tile_pixels(ctx: Context, image: OpenImage, resolution: int, tile: int) -> n
         src = image.pyramid.window(k, win.x, win.y, win.w, win.h)
         margin = (0, 0, 0, 0)
     t1 = time.perf_counter()
-    pixels = render.render(src, ctx.view, defaults, margin)
+    pixels = render.render(src, ctx.view, defaults, margin, image.source.display_8bit)
     ctx.timings.read += t1 - t0
     ctx.timings.render += time.perf_counter() - t1
     return pixels
 
 
+def stored_jpeg(ctx: Context, image: OpenImage, resolution: int, tile: int,
+                rotation: int, mirror: bool) -> bytes | None:
+    """The tile as the file stores it, when it may be sent without decoding
+    (CODEC_PASSTHROUGH, docs/protocol.md §5.3): an 8-bit JPEG tile of a pyramidal TIFF,
+    of the full tile size, and a request that asks for no processing at all (no pixel
+    modifier, COL, ROT or watermark) at the default quality."""
+    settings = ctx.settings
+    if not settings.codec_passthrough or rotation or mirror or ctx.view.colour is not None \
+            or render.float_processing(ctx.view) or ctx.quality != settings.jpeg_quality \
+            or watermark_for(settings) is not None:
+        return None
+    if resolution < 0 or tile < 0:
+        return None
+    k, _ = image.grid.tile_window(resolution, tile)
+    t0 = time.perf_counter()
+    data = image.pyramid.stored_jpeg(k, tile)
+    ctx.timings.read += time.perf_counter() - t0
+    return data
+
+
 def tile_response(ctx: Context, image: OpenImage, resolution: int, tile: int,
                   rotation: int = 0, mirror: bool = False) -> Response:
-    """The JTL answer for one tile (from the cache when it is there): rendered, flipped
-    and rotated, watermarked, JPEG-encoded."""
+    """The JTL answer for one tile (from the cache when it is there): the stored JPEG
+    when it can be passed through, else rendered, flipped and rotated, watermarked,
+    JPEG-encoded."""
     def produce() -> Response:
+        stored = stored_jpeg(ctx, image, resolution, tile, rotation, mirror)
+        if stored is not None:
+            return ctx.responder.tile(stored, image.ref.mtime)
         pixels = render.orient(tile_pixels(ctx, image, resolution, tile), rotation, mirror)
         wm = watermark_for(ctx.settings)
         if wm is not None:

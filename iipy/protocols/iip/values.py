@@ -24,11 +24,9 @@ MAX_VIEWS = 1024
 
 def _values(image: OpenImage, k: int, x: int, y: int, w: int, h: int) -> tuple[np.ndarray, bool]:
     """Stored values of a window at level k: (float64 (C, h, w), whether they print as
-    floats).  Full resolution gives the calibrated FITS values (exact for every BITPIX),
-    reduced levels the pyramid's float32 means."""
-    if k == 0:
-        return image.source.values(x, y, w, h), image.source.is_float
-    return image.pyramid.window(k, x, y, w, h).astype(np.float64), True
+    floats).  FITS: the calibrated values at full resolution (exact for every BITPIX),
+    the pyramid's float32 means below; TIFF: the samples of every level as stored."""
+    return image.pyramid.values(k, x, y, w, h)
 
 
 def _view_count(ctx: Context) -> int:
@@ -54,6 +52,14 @@ def _angle_images(ctx: Context) -> list[tuple[int, OpenImage]]:
         other = sequence_ref(ref.fif, ref.selector, ref.sequence, h, ref.angles[1], ctx.settings)
         out.append((h, ctx.store.open(other)))
     return out
+
+
+def _reflectance(value: float, scale: float) -> float:
+    """SPECTRA's value: ``value / scale`` kept as a C float, as iipsrv computes it for
+    integer TIFF samples; other values unchanged."""
+    if scale == 1.0:
+        return value
+    return float(np.float32(value / scale))
 
 
 def _format_values(values: np.ndarray, as_float: bool) -> bytes:
@@ -108,8 +114,8 @@ def cmd_spectra(ctx: Context, cmd: Command) -> None:
     a one-plane image gives iipsrv's single point at 0); a sequence with several
     horizontal views one point per view (wavelength = angle, value of the first
     channel), as iipsrv does for multispectral sequences.  The value is the stored one
-    (calibrated at full resolution, the pyramid's mean below), not divided by 255 or
-    65535 as iipsrv does for 8- and 16-bit TIFF samples."""
+    (PFL's), divided as iipsrv divides it for 8- and 16-bit TIFF samples (by 255 and
+    65535, rounded to a C float); FITS values are reported as they are."""
     image = ctx.require_image("")
     if image is None:
         return
@@ -126,10 +132,12 @@ def cmd_spectra(ctx: Context, cmd: Command) -> None:
         views = _angle_images(ctx)
         if len(views) > 1:
             for angle, im in views:
-                points.append((angle, float(_values(im, k, px, py, 1, 1)[0][0, 0, 0])))
+                value = float(_values(im, k, px, py, 1, 1)[0][0, 0, 0])
+                points.append((angle, _reflectance(value, im.source.spectra_scale)))
         else:
             values = _values(image, k, px, py, 1, 1)[0][:, 0, 0]
-            points = [(c, float(v)) for c, v in enumerate(values)]
+            scale = image.source.spectra_scale
+            points = [(c, _reflectance(float(v), scale)) for c, v in enumerate(values)]
     body = ['<?xml version="1.0" encoding="UTF-8"?>\n<spectra>\n']
     for wavelength, value in points:
         body.append("\t<point>\n\t\t<wavelength>%d</wavelength>\n\t\t<reflectance>%f"
