@@ -23,6 +23,8 @@ METADATA_OBJECTS = ("IIP,1.0", "max-size", "tile-size", "resolution-number",
 def cmd_info(args: argparse.Namespace) -> int:
     from iipy.protocols.router import Application
     from iipy.imaging.paths import resolve, split_selector
+    from iipy.imaging.sources.fits import FitsImage
+    from iipy.imaging.sources.tiff import TiffImage
     from iipy.settings import Settings
 
     name, selector = split_selector(args.file)
@@ -38,13 +40,18 @@ def cmd_info(args: argparse.Namespace) -> int:
             "utf-8", "replace").strip() or response.status))
         return 1
     sys.stdout.write(response.body.decode("utf-8", "replace").replace("\r\n", "\n"))
-    fits_image = app.store.open(resolve(fif, settings)).source
-    print("Channels:%d%s" % (fits_image.channels, "".join(
-        " " + (label or "-") for label in fits_image.labels) if fits_image.channels > 1 else ""))
-    print("BITPIX:%d BSCALE:%g BZERO:%g BLANK:%s" % (fits_image.bitpix, fits_image.bscale,
-                                                      fits_image.bzero, fits_image.blank))
+    source = app.store.open(resolve(fif, settings)).source
+    labels = getattr(source, "labels", [""] * source.channels)
+    print("Channels:%d%s" % (source.channels, "".join(
+        " " + (label or "-") for label in labels) if source.channels > 1 else ""))
+    if isinstance(source, FitsImage):
+        bscale, bzero, blank = source.scaling
+        print("BITPIX:%d BSCALE:%g BZERO:%g BLANK:%s" % (source.bitpix, bscale, bzero, blank))
+    elif isinstance(source, TiffImage):
+        print("TIFF:%s samples, %s, %d levels stored" % (source.dtype, source.colourspace,
+                                                          len(source.levels)))
     if args.header:
-        subject = fits_image.subject()
+        subject = source.metadata("subject")
         print("subject (%d bytes):" % len(subject))
         for i in range(0, len(subject), 80):
             print("  " + subject[i : i + 80].rstrip())

@@ -228,6 +228,12 @@ class FitsImage:
             raise UnreadableImage("Unable to read data of '%s'" % self.ref.fif) from None
 
     @property
+    def scaling(self) -> tuple[float, float, int | None]:
+        """(BSCALE, BZERO, BLANK) of the first channel."""
+        plane = self._planes[0]
+        return plane.bscale, plane.bzero, plane.blank
+
+    @property
     def header(self):
         """The astropy header of the served HDU (read-only use)."""
         return self._hdu.header
