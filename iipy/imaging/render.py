@@ -19,6 +19,7 @@ responses hold it, as in iipsrv.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Callable
@@ -52,12 +53,17 @@ class View:
                 self.invert, tuple(tuple(r) for r in self.ctw), self.shade, self.colour)
 
 
+_PLAIN = View()
+#: View fields that act on the 8-bit result, not on normalised values.
+_OUTPUT_FIELDS = frozenset({"quality", "colour"})
+
+
 def float_processing(view: View) -> bool:
     """Whether the view asks for an operation on normalised values: iipsrv 1.1's test
-    (CNT, GAM, CMP, SHD, INV, CTW) plus MINMAX, which iipy always honours."""
-    return bool(view.minmax or view.contrast != 1.0 or view.gamma != 1.0
-                or view.cmap != kernels.CMAP_NONE or view.shade is not None or view.invert
-                or view.ctw)
+    (CNT, GAM, CMP, SHD, INV, CTW) plus MINMAX, which iipy always honours; that is,
+    any field but QLT and COL away from its default."""
+    return any(getattr(view, f.name) != getattr(_PLAIN, f.name)
+               for f in dataclasses.fields(View) if f.name not in _OUTPUT_FIELDS)
 
 
 def display_samples(src: np.ndarray) -> np.ndarray:
