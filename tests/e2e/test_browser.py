@@ -17,8 +17,12 @@ that astropy opens, and a link giving the centre as RA, Dec centres that positio
 ``test_visiomatic2_request_forms``: tests/e2e/browser/v2forms.html, served by nginx
 (conf/nginx.conf.in) in front of a standalone iipy, sends the exact requests of
 VisiOmatic 2 (docs/protocol.md §12.1) and parses the metadata with its regular
-expressions (§12.2); the test checks each request's form and status and that CMP and
-MINMAX change the pixels.
+expressions (§12.2); the test checks each request's form and status, that CMP and
+MINMAX change the pixels, and that the world coordinates the page computes from the
+``subject`` header are astropy's.  ``test_visiomatic2_on_a_stiff_tiff`` does the same on
+the TIFF STIFF makes of the same file; ``test_leaflet_tilelayer_iip_on_a_vips_rgb_pyramid``
+sends Leaflet.TileLayer.IIP's requests (the same page, ``form=tilelayer``) for an 8-bit
+RGB JPEG pyramid made by vips.
 
 playwright-core comes from tests/e2e/browser/node_modules (``npm ci``, done by
 conf/bootstrap.sh), as does the Leaflet of the VisiOmatic 2 page.
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import re
 import shutil
@@ -35,12 +40,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 from astropy.io import fits
 from astropy.wcs import WCS
 
 from tests.e2e._serve import (BROWSER_DIR, LEAFLET_DIST, image_stats, iipy_cli_command,
                               require_browser, run_node)
 from tests.e2e.conftest import HOST, Launcher, free_port, http_get
+from tests.unit._tiff_files import smooth_rgb, stiff_pyramid, vips_pyramid
 
 pytestmark = pytest.mark.e2e
 
@@ -291,7 +298,9 @@ def test_viewer_serves_only_the_given_paths(serve, example_data, tmp_path: Path)
     assert status == 200 and headers["Content-Type"] == "application/javascript"
 
 
-def test_visiomatic2_request_forms(iipy_server, nginx, example_data, tmp_path: Path) -> None:
+def _v2forms(iipy_server, nginx, tmp_path: Path, *args: str, **env) -> tuple[dict, str, Path]:
+    """Serve tests/e2e/browser/v2forms.* with nginx in front of iipy (``env`` for the
+    server), run v2forms-test.js with ``args``; (result, nginx URL, output directory)."""
     chromium, _ = require_browser()
     static = tmp_path / "html"
     static.mkdir()
@@ -299,22 +308,118 @@ def test_visiomatic2_request_forms(iipy_server, nginx, example_data, tmp_path: P
         shutil.copy(BROWSER_DIR / name, static / name)
     shutil.copytree(LEAFLET_DIST, static / "leaflet")
     static.chmod(0o755)
-    server = iipy_server(JPEG_QUALITY=90, IIPY_WORKERS=3)
+    server = iipy_server(IIPY_WORKERS=3, **env)
     web = nginx(server, keepalive=True, static_dir=static)
     out = tmp_path / "out"
     out.mkdir()
     profile = tmp_path / "profile"
     profile.mkdir()
     run_node("v2forms-test.js", ["--url", web + "/v2forms.html", "--out", str(out),
-                                 "--chromium", chromium], profile)
+                                 "--chromium", chromium, *args], profile)
     result = json.loads((out / "result.json").read_text())
     assert result["ok"], result["error"]
     log = result["log"]
     assert log["console"] == [] and log["pageErrors"] == [], (log["console"], log["pageErrors"])
+    return result, web, out
+
+
+def _check_world(step: dict, fits_path: Path) -> None:
+    """The coordinates the page computes from the ``subject`` header, as VisiOmatic 2
+    shows them, equal astropy's for the FITS file at the same pixels (§7.6, §12.3)."""
+    with fits.open(fits_path) as hdul:
+        wcs, height = WCS(hdul[0].header), hdul[0].header["NAXIS2"]
+    assert len(step["world"]) == 3
+    for point in step["world"]:
+        ra, dec = wcs.all_pix2world(point["x"] + 0.5, height + 0.5 - point["y"], 1)
+        assert abs((point["ra"] - float(ra)) * math.cos(math.radians(float(dec)))) < 1e-8, point
+        assert abs(point["dec"] - float(dec)) < 1e-8, point
+
+
+def test_visiomatic2_request_forms(iipy_server, nginx, example_data, tmp_path: Path) -> None:
+    result, web, out = _v2forms(iipy_server, nginx, tmp_path, JPEG_QUALITY=90)
+    _check_v2_steps(result, web, out, "sky.fits", example_data["sky"])
+
+
+def test_visiomatic2_on_a_stiff_tiff(iipy_server, nginx, example_data, tmp_path: Path) -> None:
+    """The same page on the TIFF STIFF makes from the same FITS file, served as iipsrv
+    serves it (docs/protocol.md §4): the metadata, the FITS header STIFF copied into
+    ImageDescription (so the world coordinates are right), tiles and profiles."""
+    images = tmp_path / "images"
+    images.mkdir()
+    stiff_pyramid(str(images), "sky", [str(example_data["sky"])])
+    result, web, out = _v2forms(iipy_server, nginx, tmp_path, "--fif", "sky.tif",
+                                JPEG_QUALITY=90, FILESYSTEM_PREFIX=f"{images}/")
+    _check_v2_steps(result, web, out, "sky.tif", example_data["sky"])
+
+
+def test_leaflet_tilelayer_iip_on_a_vips_rgb_pyramid(iipy_server, nginx, tmp_path: Path) -> None:
+    """Leaflet.TileLayer.IIP's requests on an 8-bit RGB JPEG pyramid made by vips: plain
+    ``FIF=...&JTL=z,n`` tiles, sent as the file stores them (CODEC_PASSTHROUGH), each
+    of its real size and with the colours of its place in the image; CMP and INV
+    change them as the pipeline says (§6)."""
+    images = tmp_path / "images"
+    images.mkdir()
+    rgb = smooth_rgb(1500, 1100)
+    work = tmp_path / "work"
+    work.mkdir()
+    Path(vips_pyramid(str(work), "rgb", rgb, "--compression", "jpeg", "--Q", "90",
+                      "--tile-width", "256", "--tile-height", "256")).rename(images / "rgb.tif")
+    result, web, out = _v2forms(iipy_server, nginx, tmp_path, "--fif", "rgb.tif",
+                                "--form", "tilelayer", FILESYSTEM_PREFIX=f"{images}/")
+    steps = result["steps"]
+    meta = steps["default"]["meta"]
+    assert (meta["width"], meta["height"], meta["levels"], meta["bits"], meta["channels"]) == \
+        (1500, 1100, 4, 8, 3)
+    assert meta["ranges"] == [[0, 255]] * 3
+    with tifffile.TiffFile(images / "rgb.tif") as tif:
+        levels = [page.asarray() for page in tif.pages]
+        tables = [page.jpegtables for page in tif.pages]
+        places = [(page.dataoffsets, page.databytecounts) for page in tif.pages]
+    raw = (images / "rgb.tif").read_bytes()
+    for name, extra in (("default", ""), ("jet", "&CMP=jet"), ("inv", "&INV")):
+        step = steps[name]
+        assert step["errors"] == [], (name, step["errors"])
+        iip = [r for r in step["responses"] if "/fcgi-bin/" in r["url"]]
+        assert iip and all(r["status"] == 200 for r in iip), (name, iip)
+        tiles = [r["url"][len(web):] for r in iip if "&JTL=" in r["url"]]
+        assert tiles, name
+        for path in tiles:
+            assert re.fullmatch(r"/fcgi-bin/iipsrv\.fcgi\?FIF=rgb\.tif" + re.escape(extra)
+                                + r"&JTL=\d+,\d+", path), path
+    shown = steps["default"]["tiles"]
+    assert len(shown) >= 4
+    for key, tile in shown.items():
+        z, n = (int(v) for v in key.split(","))
+        k = meta["levels"] - 1 - z
+        level = levels[k]
+        columns = -(-level.shape[1] // 256)
+        x, y = (n % columns) * 256, (n // columns) * 256
+        assert (tile["width"], tile["height"]) == _tile_size(meta, key)
+        want = level[y : y + tile["height"], x : x + tile["width"]].reshape(-1, 3).mean(axis=0)
+        assert max(abs(tile[c] - want[i]) for i, c in enumerate("rgb")) < 1.5, (key, tile, want)
+        status, _, body = http_get(tile["src"])
+        assert status == 200
+        if (tile["width"], tile["height"]) == (256, 256):  # full tiles: the stored JPEG
+            offset, count = places[k][0][n], places[k][1][n]
+            assert body == tables[k][:-2] + raw[offset + 2 : offset + count], key
+    assert _max_chroma(steps["jet"]["tiles"]) > 20
+    inverted = steps["inv"]["tiles"]
+    common = set(shown) & set(inverted)
+    assert common
+    for key in common:
+        assert all(abs(inverted[key][c] + shown[key][c] - 255) < 2 for c in "rgb"), key
+    std, distinct = image_stats(out / "default.png")
+    assert std > 5 and distinct > 20
+
+
+def _check_v2_steps(result: dict, web: str, out: Path, fif: str, fits_path: Path) -> None:
+    """What VisiOmatic 2 needs of the answers for ``fif``, the example sky image (or
+    STIFF's TIFF of it): the request forms, the metadata, header and coordinates,
+    profiles, and pixels that follow the display settings."""
     lo, hi = result["minmax"]
     number = r"-?\d+(?:\.\d+)?(?:e[-+]?\d+)?"
     tile_form = re.compile(
-        r"/fcgi-bin/iipsrv\.fcgi\?FIF=sky\.fits(&CMP=(?:jet|cold|hot))?(&INV)?"
+        r"/fcgi-bin/iipsrv\.fcgi\?FIF=" + re.escape(fif) + r"(&CMP=(?:jet|cold|hot))?(&INV)?"
         rf"(&GAM=\d\.\d{{4}})?(&MINMAX=1:{number},{number})?&CTW=1;1;1(&QLT=\d+)?&JTL=\d+,\d+")
     expected = {
         "default": "&GAM=0.4545&CTW=1;1;1",
@@ -323,9 +428,9 @@ def test_visiomatic2_request_forms(iipy_server, nginx, example_data, tmp_path: P
         "gamma1": "&CTW=1;1;1",
         "all": f"&CMP=jet&INV&GAM=0.4545&MINMAX=1:{_js(lo)},{_js(hi)}&CTW=1;1;1&QLT=80",
     }
-    metadata_form = ("/fcgi-bin/iipsrv.fcgi?FIF=sky.fits&obj=IIP,1.0&obj=max-size&obj=tile-size"
-                     "&obj=resolution-number&obj=bits-per-channel&obj=min-max-sample-values"
-                     "&obj=subject")
+    metadata_form = ("/fcgi-bin/iipsrv.fcgi?FIF=" + fif + "&obj=IIP,1.0&obj=max-size"
+                     "&obj=tile-size&obj=resolution-number&obj=bits-per-channel"
+                     "&obj=min-max-sample-values&obj=subject")
     for name, display in expected.items():
         step = result["steps"][name]
         assert step["errors"] == [], (name, step["errors"])
@@ -337,7 +442,7 @@ def test_visiomatic2_request_forms(iipy_server, nginx, example_data, tmp_path: P
         assert tiles, name
         for path in tiles:
             assert tile_form.fullmatch(path), path
-            assert path.startswith("/fcgi-bin/iipsrv.fcgi?FIF=sky.fits" + display + "&JTL="), path
+            assert path.startswith("/fcgi-bin/iipsrv.fcgi?FIF=" + fif + display + "&JTL="), path
         assert any("&PFL=3:0,768-2047,768" in p for p in paths), paths
         # x2 is exclusive (iipsrv): 2047 values from x = 0 to 2046.
         assert step["profileLength"] == 2047 and step["profileFinite"] > 1900
@@ -349,6 +454,7 @@ def test_visiomatic2_request_forms(iipy_server, nginx, example_data, tmp_path: P
         assert header["NAXIS1"] == "2048" and header["NAXIS2"] == "1536"
         assert header["CTYPE1"] == "RA---TAN" and header["CD1_1"] is not None
         assert header["LATPOLE"] is None
+        _check_world(step, fits_path)
     steps = result["steps"]
     assert _max_chroma(steps["default"]["tiles"]) < 2
     assert _max_chroma(steps["jet"]["tiles"]) > 20

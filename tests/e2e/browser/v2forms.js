@@ -2,17 +2,23 @@
  * A test page that talks to an IIP server with exactly the requests VisiOmatic 2
  * sends (docs: docs/protocol.md §12.1) and parses the metadata the way it does
  * (section 12.2: one regular expression per key, applied to the whole answer).
+ * With form=tilelayer its tile requests are those of Leaflet.TileLayer.IIP instead:
+ * no CTW, and every other parameter only when it differs from the plug-in's default
+ * (so an 8-bit image's tiles are plain FIF=...&JTL=z,n).
  *
  * Options in the page's query string:
  *   server   IIP endpoint (default /fcgi-bin/iipsrv.fcgi)
  *   fif      image path, sent unencoded as the first parameter
+ *   form     visiomatic (default) or tilelayer
  *   cmp      jet | cold | hot (grey: no CMP)
  *   inv      1: add INV
  *   gamma    display gamma (default 2.2 when Bits-per-channel >= 32, else 1)
  *   minmax   lo,hi of channel 1 (default: Min-Max-sample-values)
  *   qlt      JPEG quality (90: no QLT)
  *
- * State for the test driver: window.v2forms = {meta, header, loads, profile, errors}.
+ * State for the test driver: window.v2forms = {meta, header, world, loads, profile,
+ * errors}; world holds the celestial coordinates VisiOmatic would show for a few image
+ * pixels, from the header's TAN projection.
  */
 (function () {
   'use strict';
@@ -20,7 +26,9 @@
   var options = new URLSearchParams(window.location.search);
   var server = options.get('server') || '/fcgi-bin/iipsrv.fcgi';
   var fif = options.get('fif') || 'sky.fits';
-  var page = window.v2forms = {meta: null, header: {}, loads: 0, profile: null, errors: []};
+  var tilelayer = options.get('form') === 'tilelayer';
+  var page = window.v2forms = {meta: null, header: {}, world: [], loads: 0, profile: null,
+                               errors: []};
 
   function get(url, onText) {
     var xhr = new XMLHttpRequest();
@@ -97,12 +105,37 @@
         query += '&MINMAX=1:' + lohi[0].toString() + ',' + lohi[1].toString();
       }
     }
-    query += '&CTW=1;1;1';
+    if (!tilelayer) {
+      query += '&CTW=1;1;1';
+    }
     var quality = options.has('qlt') ? parseInt(options.get('qlt'), 10) : 90;
     if (quality !== 90) {
       query += '&QLT=' + quality;
     }
     return query;
+  }
+
+  // ---- world coordinates -----------------------------------------------------------------
+
+  /**
+   * RA, Dec (degrees) of the full-resolution image pixel (x, y), top-left origin: FITS
+   * pixel (x + 0.5, NAXIS2 + 0.5 - y) (docs/protocol.md §7.6) through the CD matrix and
+   * the gnomonic (TAN) projection of the header.
+   */
+  function world(header, meta, x, y) {
+    var num = function (key, fallback) {
+      var v = header[key];
+      return v === null || v === undefined ? fallback : parseFloat(v);
+    };
+    var dx = x + 0.5 - num('CRPIX1', 0), dy = meta.height + 0.5 - y - num('CRPIX2', 0);
+    var rad = Math.PI / 180;
+    var xi = (num('CD1_1', 1) * dx + num('CD1_2', 0) * dy) * rad;
+    var eta = (num('CD2_1', 0) * dx + num('CD2_2', 1) * dy) * rad;
+    var ra0 = num('CRVAL1', 0) * rad, dec0 = num('CRVAL2', 0) * rad;
+    var denom = Math.cos(dec0) - eta * Math.sin(dec0);
+    var ra = ra0 + Math.atan2(xi, denom);
+    var dec = Math.atan2(Math.sin(dec0) + eta * Math.cos(dec0), Math.hypot(xi, denom));
+    return {x: x, y: y, ra: ((ra / rad) % 360 + 360) % 360, dec: dec / rad};
   }
 
   function start(meta) {
@@ -136,9 +169,14 @@
   get(server + '?FIF=' + fif + '&obj=IIP,1.0&obj=max-size&obj=tile-size&obj=resolution-number' +
       '&obj=bits-per-channel&obj=min-max-sample-values&obj=subject', function (text) {
     var meta = parseMetadata(text);
-    ['NAXIS1', 'NAXIS2', 'CTYPE1', 'CTYPE2', 'CRPIX1', 'CRVAL1', 'CD1_1', 'CD2_2', 'LATPOLE']
+    ['NAXIS1', 'NAXIS2', 'CTYPE1', 'CTYPE2', 'CRPIX1', 'CRPIX2', 'CRVAL1', 'CRVAL2', 'CD1_1',
+     'CD1_2', 'CD2_1', 'CD2_2', 'LATPOLE']
       .forEach(function (key) { page.header[key] = headerValue(text, key); });
     page.meta = meta;
+    if (/TAN/.test(page.header.CTYPE1 || '')) {
+      [[0, 0], [meta.width / 2, meta.height / 2], [meta.width - 1, meta.height - 1]]
+        .forEach(function (xy) { page.world.push(world(page.header, meta, xy[0], xy[1])); });
+    }
     start(meta);
   });
 }());
