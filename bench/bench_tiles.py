@@ -247,7 +247,8 @@ def replay_once(port: int, location: str, paths: list[str], connections: int
 class Servers:
     """iipy and iipsrv 1.1 (``procs`` processes each) behind one nginx."""
 
-    def __init__(self, work: Path, procs: int, run: str):
+    def __init__(self, work: Path, procs: int, run: str, iipy_env: dict | None = None):
+        """``iipy_env``: more variables for iipy (e.g. CODEC_PASSTHROUGH)."""
         self.work, self.procs = work, procs
         self.run = work / run
         self.run.mkdir()
@@ -263,7 +264,7 @@ class Servers:
         exe = str(Path(sys.executable).with_name("iipsrv.fcgi"))
         self._spawn(pin + [exe, "--bind", "127.0.0.1:%d" % iipy_port],
                     dict(env, IIPY_WORKERS=str(procs), IIPY_CACHE_DIR=str(self.run / "pyr"),
-                         MEMCACHED_SERVERS=""))
+                         MEMCACHED_SERVERS="", **(iipy_env or {})))
         iipsrv_ports = [free_port() for _ in range(procs)]
         for port in iipsrv_ports:
             self._spawn(pin + [IIPSRV, "--bind", "127.0.0.1:%d" % port],

@@ -110,6 +110,11 @@ class Levels(Protocol):
         """float32 (C, h, w), C-contiguous, of level k (0 is full resolution)."""
         ...
 
+    def samples(self, k: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """The window's samples in their own type, interleaved (h, w, C): what 8-bit
+        display samples are sent as (docs/protocol.md §6.2)."""
+        ...
+
     def values(self, k: int, x: int, y: int, w: int, h: int) -> tuple[np.ndarray, bool]:
         """The values PFL and SPECTRA report for a window of level k: float64 (C, h, w),
         and whether they print as floats (docs/protocol.md §5.22)."""
@@ -137,6 +142,9 @@ class StoredLevels:
 
     def window(self, k: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         return self.image.read_level(k, x, y, w, h)
+
+    def samples(self, k: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        return self.image.level_samples(k, x, y, w, h)
 
     def values(self, k: int, x: int, y: int, w: int, h: int) -> tuple[np.ndarray, bool]:
         """The stored samples of every level, printed as the file's type says."""
@@ -230,6 +238,10 @@ class Pyramid:
         except (OSError, ValueError, TypeError, EOFError) as exc:
             log.warning("cannot read %s: %s", self.image.ref.path, exc)
             raise UnreadableImage("Unable to read data of '%s'" % self.image.ref.fif) from None
+
+    def samples(self, k: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """The float32 window, interleaved (h, w, C)."""
+        return np.ascontiguousarray(np.moveaxis(self.window(k, x, y, w, h), 0, -1))
 
     def values(self, k: int, x: int, y: int, w: int, h: int) -> tuple[np.ndarray, bool]:
         """Full resolution: the calibrated FITS values (exact for every BITPIX), printed as

@@ -77,6 +77,17 @@ def display_samples(src: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(out, 0, -1))
 
 
+def display_pixels(samples: np.ndarray, colour: str | None = None) -> np.ndarray:
+    """8-bit samples, interleaved (h, w, C), as the output when no float operation is
+    asked: band flattening as ``display_samples``, then COL."""
+    c = samples.shape[2]
+    if c < 3:
+        pixels = np.ascontiguousarray(samples[..., 0])
+    else:
+        pixels = np.ascontiguousarray(samples[..., :3] if c > 3 else samples)
+    return convert_colour(pixels.astype(np.uint8, copy=False), colour)
+
+
 def ranges_for(view: View, defaults: list[DisplayRange]) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel (mins, maxs): the image defaults overridden by MINMAX."""
     mins = np.array([r.lo for r in defaults], np.float64)

@@ -118,6 +118,10 @@ class LevelledSource(ImageSource, Protocol):
         """The stored samples of a window of level k, every channel, float32 (C, h, w)."""
         ...
 
+    def level_samples(self, k: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """The same window in the samples' own type, interleaved: (h, w, C)."""
+        ...
+
     def stored_jpeg(self, k: int, tile: int) -> bytes | None:
         """Tile ``tile`` of level k as the JPEG the file stores, when it can be sent as it
         is (docs/protocol.md §5.3); None otherwise."""

@@ -204,6 +204,13 @@ def test_8bit_samples_are_sent_unchanged(root):
     np.testing.assert_array_equal(decode(get(app, "FIF=grey.tif&CVT=png").body), grey[0])
     np.testing.assert_array_equal(decode(get(app, "FIF=rgba.tif&CVT=png").body),
                                   rgba[0][..., :3])
+    # tiles: the same samples (grey at QLT=100: JPEG stays within 1 DN)
+    tile = decode(get(app, "FIF=grey.tif&QLT=100&JTL=0,1").body).astype(int)
+    assert tile.shape == (256, 144) and np.abs(tile - grey[0][:256, 256:]).max() <= 1
+    tile = decode(get(app, "FIF=rgba.tif&QLT=100&COL=grey&JTL=0,0").body).astype(int)
+    p = rgba[0].astype(np.uint32)
+    want = (p[..., 0] * 19595 + p[..., 1] * 38470 + p[..., 2] * 7471) >> 16
+    assert tile.shape == (100, 120) and np.abs(tile - want).max() <= 1
     with_gamma = decode(get(app, "FIF=rgb.tif&GAM=0.5&CVT=png").body)
     want = kernels.reference.render(as_planes(levels[0]).astype(np.float32), 0, 255, gamma=0.5)
     np.testing.assert_array_equal(with_gamma, want)

@@ -69,6 +69,10 @@ def assert_levels_read(im: TiffImage, levels: list[np.ndarray], tol: float = 0.0
             if tol == 0:
                 np.testing.assert_array_equal(got, want, err_msg="level %d window %r"
                                               % (k, (x, y, ww, hh)))
+                samples = im.read_samples(k, x, y, ww, hh)  # the same, interleaved, typed
+                assert samples.dtype == im.dtype and samples.shape == (hh, ww, im.channels)
+                np.testing.assert_array_equal(samples.astype(np.float32),
+                                              np.moveaxis(want, 0, -1))
             else:
                 assert np.abs(got - want).max() <= tol, (k, (x, y, ww, hh))
 

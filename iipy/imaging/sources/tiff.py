@@ -460,15 +460,42 @@ class TiffImage:
         ``out``, if given, must be a float32 array of that shape; it is filled and
         returned.  A window outside the level is the caller's error (ValueError).
         """
-        lv = self._level_at(k)
-        if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > lv.width or y + h > lv.height:
-            raise ValueError("window %d,%d %dx%d outside level %d (%dx%d)"
-                             % (x, y, w, h, k, lv.width, lv.height))
+        lv = self._window_level(k, x, y, w, h)
         shape = (self.channels, h, w)
         if out is None:
             out = np.empty(shape, np.float32)
         elif out.shape != shape or out.dtype != np.float32:
             raise ValueError("out must be float32 %r" % (shape,))
+        for (ys, xs), tile in self._pieces(k, lv, x, y, w, h):
+            dst = out[:, ys, xs]
+            if self._samples == 1 and self._palette is None:
+                dst[0] = tile[..., 0]
+            else:
+                dst[...] = np.moveaxis(tile, -1, 0)
+        return out
+
+    def read_samples(self, k: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """The samples of window (x, y, w, h) of level k in their stored type (native
+        byte order; a palette image's RGB), interleaved: (h, w, channels).  A new
+        array, however the window lies on the tiles."""
+        lv = self._window_level(k, x, y, w, h)
+        out = np.empty((h, w, self.channels), self.dtype)
+        for (ys, xs), tile in self._pieces(k, lv, x, y, w, h):
+            out[ys, xs] = tile
+        return out
+
+    def _window_level(self, k: int, x: int, y: int, w: int, h: int) -> _Level:
+        lv = self._level_at(k)
+        if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > lv.width or y + h > lv.height:
+            raise ValueError("window %d,%d %dx%d outside level %d (%dx%d)"
+                             % (x, y, w, h, k, lv.width, lv.height))
+        return lv
+
+    def _pieces(self, k: int, lv: _Level, x: int, y: int, w: int, h: int
+                ) -> Iterator[tuple[tuple[slice, slice], np.ndarray]]:
+        """For each tile the window overlaps: (rows, columns) of the window it covers,
+        and its samples there, (rows, columns, channels) (palette expanded, separate
+        planes gathered)."""
         tw, th = lv.tile_w, lv.tile_h
         plane_tiles = lv.across * lv.down
         for ty in range(y // th, (y + h - 1) // th + 1):
@@ -477,23 +504,17 @@ class TiffImage:
             for tx in range(x // tw, (x + w - 1) // tw + 1):
                 sx0 = max(x, tx * tw)
                 sx1 = min(x + w, (tx + 1) * tw)
-                dst = out[:, sy0 - y : sy1 - y, sx0 - x : sx1 - x]
                 rows = slice(sy0 - ty * th, sy1 - ty * th)
                 cols = slice(sx0 - tx * tw, sx1 - tx * tw)
                 index = ty * lv.across + tx
                 if self._planar:
-                    for s in range(self._samples):
-                        tile = self._tile(k, lv, s * plane_tiles + index)
-                        dst[s] = tile[rows, cols, 0]
-                    continue
-                tile = self._tile(k, lv, index)[rows, cols]
-                if self._palette is not None:
-                    dst[...] = np.moveaxis(self._palette[tile[..., 0]], -1, 0)
-                elif self._samples == 1:
-                    dst[0] = tile[..., 0]
+                    tile = np.stack([self._tile(k, lv, s * plane_tiles + index)[rows, cols, 0]
+                                     for s in range(self._samples)], axis=-1)
                 else:
-                    dst[...] = np.moveaxis(tile, -1, 0)
-        return out
+                    tile = self._tile(k, lv, index)[rows, cols]
+                    if self._palette is not None:
+                        tile = self._palette[tile[..., 0]]
+                yield (slice(sy0 - y, sy1 - y), slice(sx0 - x, sx1 - x)), tile
 
     def stored_tile(self, k: int, tile_index: int) -> bytes | None:
         """Tile ``tile_index`` (row-major in level k's grid) as a standalone JPEG, when
@@ -566,6 +587,11 @@ class TiffImage:
         """The stored samples of window (x, y, w, h) of level k, float32 (C, h, w)."""
         with self._serving():
             return self.read_window(k, x, y, w, h)
+
+    def level_samples(self, k: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """``read_samples`` for the server: (h, w, C) in the stored type."""
+        with self._serving():
+            return self.read_samples(k, x, y, w, h)
 
     def stored_jpeg(self, k: int, tile: int) -> bytes | None:
         """``stored_tile(k, tile)`` for the server (docs/protocol.md §5.3)."""

@@ -27,6 +27,14 @@ def tile_pixels(ctx: Context, image: OpenImage, resolution: int, tile: int) -> n
         raise InternalRequestError("negative tile request %d,%d" % (resolution, tile))
     k, win = image.grid.tile_window(resolution, tile)
     t0 = time.perf_counter()
+    if image.source.display_8bit and not render.float_processing(ctx.view):
+        # 8-bit display samples, nothing asked: the samples are the tile (§6.2)
+        samples = image.pyramid.samples(k, win.x, win.y, win.w, win.h)
+        t1 = time.perf_counter()
+        pixels = render.display_pixels(samples, ctx.view.colour)
+        ctx.timings.read += t1 - t0
+        ctx.timings.render += time.perf_counter() - t1
+        return pixels
     defaults = image.ranges
     m = render.shade_margin(ctx.view, image.source.channels)
     if m:  # SHD gradients: read a border so that tiles join without seams
