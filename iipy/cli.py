@@ -41,9 +41,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         return 1
     sys.stdout.write(response.body.decode("utf-8", "replace").replace("\r\n", "\n"))
     source = app.store.open(resolve(fif, settings)).source
-    labels = getattr(source, "labels", [""] * source.channels)
+    labels = getattr(source, "labels", None)  # FITS channel labels
     print("Channels:%d%s" % (source.channels, "".join(
-        " " + (label or "-") for label in labels) if source.channels > 1 else ""))
+        " " + (label or "-") for label in labels) if labels and source.channels > 1 else ""))
     if isinstance(source, FitsImage):
         bscale, bzero, blank = source.scaling
         print("BITPIX:%d BSCALE:%g BZERO:%g BLANK:%s" % (source.bitpix, bscale, bzero, blank))
@@ -60,11 +60,13 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_pyramid(args: argparse.Namespace) -> int:
     """Build the shared pyramid of each file in IIPY_CACHE_DIR, as the server would on the
-    first request, with a progress bar; a pyramid already there is only checked."""
+    first request, with a progress bar; a pyramid already there is only checked, and a
+    TIFF, which holds its levels, is only opened."""
     import time
 
     from iipy.errors import IIPyError
     from iipy.imaging.paths import resolve, split_selector
+    from iipy.imaging.pyramid import Pyramid
     from iipy.imaging.store import ImageStore
     from iipy.settings import Settings
     from iipy.viewer.progress import Progress
@@ -85,13 +87,17 @@ def cmd_pyramid(args: argparse.Namespace) -> int:
             sys.stderr.write("iipy pyramid: %s: %s\n" % (given, exc.message))
             failed += 1
             continue
-        if not image.pyramid.on_disk:
+        if not isinstance(image.pyramid, Pyramid):  # a TIFF: its levels are in the file
+            where = "the file"
+        elif not image.pyramid.on_disk:
             sys.stderr.write("iipy pyramid: %s: not written to %s: %s\n" % (
                 given, settings.cache_dir, image.pyramid.not_on_disk))
             failed += 1
             continue
+        else:
+            where = settings.cache_dir
         print("%s: %d levels in %s, display range %s (%.2f s)" % (
-            given, image.grid.num_resolutions, settings.cache_dir,
+            given, image.grid.num_resolutions, where,
             ", ".join("%.6g..%.6g" % (r.lo, r.hi) for r in ranges),
             time.monotonic() - start))
     return 1 if failed else 0
@@ -171,8 +177,9 @@ def main(argv: list[str] | None = None) -> int:
                        "prints the URL. Ctrl-C stops it.")
     serve_arguments(p)
     p.set_defaults(func=cmd_serve)
-    p = sub.add_parser("info", help="show what the server reports for a FITS file")
-    p.add_argument("file", help="FITS file, optionally with an extension selector: f.fits[2]")
+    p = sub.add_parser("info", help="show what the server reports for a FITS or TIFF file")
+    p.add_argument("file", help="FITS file, optionally with an extension selector: f.fits[2], "
+                   "or tiled pyramidal TIFF")
     p.add_argument("--header", action="store_true", help="also print the header sent as subject")
     p.set_defaults(func=cmd_info)
     p = sub.add_parser("pyramid", help="build the reduced resolution levels of FITS files "

@@ -38,3 +38,22 @@ def test_pyramid_prebuilds_what_the_server_then_loads(tmp_path, monkeypatch, cap
 def test_pyramid_needs_a_file():
     with pytest.raises(SystemExit):
         cli.main(["pyramid"])
+
+
+def test_pyramid_and_info_of_a_tiff(tmp_path, monkeypatch, capsys):
+    """A TIFF holds its levels: nothing is built, the levels are the file's; ``info``
+    reports them as the server does."""
+    from tests.unit._tiff_files import random_levels, write_levels
+
+    write_levels(tmp_path / "t.tif", random_levels((300, 500, 3), "u1", 2, seed=1),
+                 description="hello")
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("IIPY_CACHE_DIR", str(cache))
+    assert cli.main(["pyramid", str(tmp_path / "t.tif")]) == 0
+    out, _ = capsys.readouterr()
+    assert "t.tif: 2 levels in the file, display range 0..255, 0..255, 0..255" in out
+    assert not cache.exists() or not any(cache.iterdir())
+    assert cli.main(["info", "--header", str(tmp_path / "t.tif")]) == 0
+    out, _ = capsys.readouterr()
+    assert "Resolutions:250 150,500 300\n" in out and "Channels:3\n" in out
+    assert "TIFF:uint8 samples, srgb, 2 levels stored" in out and "  hello" in out
