@@ -377,6 +377,15 @@ def test_broken_tiffs_are_file_errors(root, float_tiff):
     assert get(app, "FIF=cut.tif&JTL=0,0", 404).body == b"Unable to open TIFF file 'cut.tif'"
     assert get(app, "FIF=ii.tif&obj=max-size", 404).body == b"Unable to open TIFF file 'ii.tif'"
     assert get(app, "FIF=bad-tile.tif&obj=max-size").body == b"\r\nMax-size:64 64\r\n"
+    # a compression nobody decodes: described, its tiles refused (iipsrv 1.1 alike)
+    with tifffile.TiffFile(root / "sky.tif") as tif:
+        entry = tif.pages[0].tags[259].offset
+    raw = bytearray((root / "sky.tif").read_bytes())
+    raw[entry + 8 : entry + 10] = (34712).to_bytes(2, "little")
+    (root / "j2k.tif").write_bytes(bytes(raw))
+    assert get(app, "FIF=j2k.tif&obj=max-size").body == b"\r\nMax-size:983 701\r\n"
+    assert get(app, "FIF=j2k.tif&JTL=2,0", 404).body == b"Unable to read data of 'j2k.tif'"
+    assert get(app, "FIF=j2k.tif&JTL=0,0").body[:2] == b"\xff\xd8"  # level 2 is intact
     get(app, "FIF=bad-tile.tif&JTL=0,0")
     for query in ("JTL=0,1", "CVT=png", "PFL=0:40,0", "SPECTRA=0,1,0,0"):
         assert get(app, "FIF=bad-tile.tif&" + query, 404).body == \

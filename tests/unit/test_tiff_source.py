@@ -868,6 +868,24 @@ def test_unsupported_samples(tmp_path):
         TiffImage(path)
 
 
+def test_unknown_compression_fails_on_reading(tmp_path, good):
+    """A level whose compression is not decoded here: the file opens and describes
+    itself (as iipsrv's does); reading a tile of that level is UnsupportedTiff, and
+    the other levels read."""
+    data = bytearray(open(good, "rb").read())
+    entry, order, big = tag_entry(good, 259, page=1)
+    patch_tag(data, entry, order, big, value=34712)  # JPEG 2000
+    path = str(tmp_path / "j2k-level.tif")
+    open(path, "wb").write(bytes(data))
+    with TiffImage(path) as im:
+        assert im.levels == [(60, 40), (30, 20), (15, 10)] and im.description == "hello"
+        im.read_window(0, 0, 0, 60, 40)
+        im.read_samples(2, 0, 0, 15, 10)
+        for read in (im.read_window, im.read_samples):
+            with pytest.raises(UnsupportedTiff):
+                read(1, 0, 0, 1, 1)
+
+
 def test_missing_and_unreadable(tmp_path):
     with pytest.raises(UnreadableTiff):
         TiffImage(str(tmp_path / "nope.tif"))

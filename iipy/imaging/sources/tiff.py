@@ -15,7 +15,10 @@ the FITS rows flipped, so its files are already in display orientation).
 Every problem with a file raises a ``TiffError`` subclass and nothing else: a TIFF that
 is not tiled (``NotTiled``), damaged (``DamagedTiff``: truncated, offsets beyond the
 end, undecodable tiles), or outside what is supported (``UnsupportedTiff``: unknown
-compression, sample layout, sizes above the bounds below).
+compression, sample layout, sizes above the bounds below).  Structure problems are
+found on opening; a tile that does not decode, or a level whose compression is not
+decoded here, when a window needs it (so the file's description is still given, as
+iipsrv gives it).
 
 ``TiffImage`` is also the image source the server uses (``iipy.imaging.source``'s
 ``ImageSource`` and ``LevelledSource``), opened by ``TiffImage.open(ref)``.  The
@@ -366,9 +369,11 @@ class TiffImage:
         if tw * th * per_tile * self._stored.itemsize > MAX_TILE_BYTES:
             raise UnsupportedTiff("%s: level %d has %d x %d tiles" % (self.path, k, tw, th))
         compression = int(page.compression)
-        if compression != _NONE and compression != _JPEG and compression not in _DECOMPRESSORS:
-            raise UnsupportedTiff("%s: compression %d" % (self.path, compression))
-        predictor = int(page.predictor) if compression not in (_NONE, _JPEG) else 1
+        # a compression nobody here decodes is refused when a tile of the level is read,
+        # not now: iipsrv too describes such a file and fails on its tiles
+        decodable = compression in (_NONE, _JPEG) or compression in _DECOMPRESSORS
+        predictor = int(page.predictor) if compression not in (_NONE, _JPEG) and decodable \
+            else 1
         if predictor not in (1, 2, 3) or (predictor == 3 and not self.is_float) \
                 or (predictor == 2 and self.is_float):
             raise UnsupportedTiff("%s: predictor %d" % (self.path, predictor))
@@ -679,6 +684,8 @@ class TiffImage:
     def _decode(self, lv: _Level, index: int) -> np.ndarray:
         spt = 1 if self._planar else self._samples
         shape = (lv.tile_h, lv.tile_w, spt)
+        if lv.compression not in (_NONE, _JPEG) and lv.compression not in _DECOMPRESSORS:
+            raise UnsupportedTiff("%s: compression %d" % (self.path, lv.compression))
         count = int(lv.counts[index])
         if count == 0:  # a tile never written: zeros, as libtiff gives
             return np.zeros(shape, self._stored.newbyteorder("="))
