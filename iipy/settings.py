@@ -79,6 +79,15 @@ def log_format(text: str) -> str:
     return "json" if text.strip().lower() == "json" else "text"
 
 
+def iiif_version(text: str) -> int:
+    """IIIF_VERSION: 3 (Image API 3.0) or 2 (2.1).  As in iipsrv 1.3, values below 1 give
+    the default 3; 1 (Image API 1.1, which iipy does not serve) is read as 2."""
+    value = atoi(text)
+    if value < 1:
+        return 3
+    return 2 if value <= 2 else 3
+
+
 def octal_mode(text: str) -> int:
     try:
         return int(text, 8) & 0o777
@@ -135,7 +144,22 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CACHE_CONTROL", "cache_control", c_str, "max-age=86400",
             "Value of the Cache-Control header on successful responses."),
     Setting("BASE_URL", "base_url", c_str, "", "Base URL used for IIIF identifiers."),
-    Setting("URI_MAP", "uri_map", c_str, "", "`prefix=>protocol` URI mapping."),
+    Setting("URI_MAP", "uri_map", c_str, "",
+            "`prefix=>protocol` URI mapping (protocol IIP, IIIF, DeepZoom or Zoomify); "
+            "several mappings separated by commas."),
+    Setting("PNG_QUALITY", "png_quality", c_int(lo=0, hi=9), 1,
+            "PNG compression level, 0 (none) to 9 (smallest), as iipsrv 1.2."),
+    Setting("WEBP_QUALITY", "webp_quality", c_int(lo=-1, hi=100), 50,
+            "WebP quality, 0-100; -1 for lossless (iipsrv 1.2)."),
+    Setting("AVIF_QUALITY", "avif_quality", c_int(lo=-1, hi=100), 50,
+            "AVIF quality, 0-100; -1 for the lossless quantiser (iipsrv 1.3)."),
+    Setting("IIIF_VERSION", "iiif_version", iiif_version, 3,
+            "IIIF Image API version of info.json when the request does not ask for one: "
+            "3 (3.0) or 2 (2.1)."),
+    Setting("COPYRIGHT", "copyright", c_str, "",
+            "IIIF `rights` (a URI); in 2.1 `license` (a URI) or `attribution` (text)."),
+    Setting("IIIF_EXTRA_INFO", "iiif_extra_info", c_str, "",
+            "Fields added to every IIIF info.json: `\"key\": value` pairs or a JSON object."),
     Setting("INTERPOLATION", "interpolation", c_int(), 1,
             "CVT resampling: 0 nearest neighbour, anything else bilinear."),
     Setting("WATERMARK", "watermark", c_str, "", "Watermark image file."),
@@ -208,6 +232,12 @@ class Settings:
     cache_control: str
     base_url: str
     uri_map: str
+    png_quality: int
+    webp_quality: int
+    avif_quality: int
+    iiif_version: int
+    copyright: str
+    iiif_extra_info: str
     interpolation: int
     watermark: str
     watermark_probability: float

@@ -17,6 +17,7 @@ IIPSRV_VARIABLES = {
     "WATERMARK_OPACITY", "MEMCACHED_SERVERS", "MEMCACHED_TIMEOUT", "KAKADU_READMODE",
     "DECODER_MODULES", "OMP_NUM_THREADS", "FCGI_WEB_SERVER_ADDRS", "FILESYSTEM_SUFFIX",
     "CODEC_PASSTHROUGH",
+    "PNG_QUALITY", "WEBP_QUALITY", "AVIF_QUALITY", "IIIF_VERSION", "COPYRIGHT", "IIIF_EXTRA_INFO",
 }
 
 
@@ -48,6 +49,10 @@ def test_defaults_are_iipsrvs():
     assert s.workers >= 1
     assert s.server_token.startswith("iipy/")
     assert s.codec_passthrough is True
+    # iipsrv 1.3's
+    assert (s.png_quality, s.webp_quality, s.avif_quality) == (1, 50, 50)
+    assert s.iiif_version == 3
+    assert s.copyright == s.iiif_extra_info == ""
 
 
 @pytest.mark.parametrize("env,field,value", [
@@ -67,6 +72,18 @@ def test_defaults_are_iipsrvs():
     ({"IIPY_SOCKET_MODE": "660"}, "socket_mode", 0o660),
     ({"IIPY_WORKERS": "0"}, "workers", 1),
     ({"IIPY_SERVER": "iipsrv/1.1"}, "server_token", "iipsrv/1.1"),
+    ({"PNG_QUALITY": "12"}, "png_quality", 9),
+    ({"PNG_QUALITY": "-4"}, "png_quality", 0),
+    ({"WEBP_QUALITY": "-1"}, "webp_quality", -1),
+    ({"WEBP_QUALITY": "-7"}, "webp_quality", -1),
+    ({"WEBP_QUALITY": "120"}, "webp_quality", 100),
+    ({"AVIF_QUALITY": "-1"}, "avif_quality", -1),
+    ({"AVIF_QUALITY": "80x"}, "avif_quality", 80),
+    ({"IIIF_VERSION": "2"}, "iiif_version", 2),
+    ({"IIIF_VERSION": "1"}, "iiif_version", 2),
+    ({"IIIF_VERSION": "0"}, "iiif_version", 3),
+    ({"IIIF_VERSION": "4"}, "iiif_version", 3),
+    ({"IIIF_VERSION": "junk"}, "iiif_version", 3),
 ])
 def test_parsing(env, field, value):
     assert getattr(Settings.from_environ(env), field) == value
