@@ -138,6 +138,38 @@ def finish(norm: np.ndarray, view: View) -> np.ndarray:
                           contrast=view.contrast)
 
 
+def renders_16bit(view: View, channels: int) -> bool:
+    """Whether a request's output is one channel that can keep 16 bits: data of one or
+    two channels (a second one is left out, as the kernels flatten it), no colormap and
+    no bi-level conversion."""
+    return channels <= 2 and view.cmap == kernels.CMAP_NONE and view.colour != "binary"
+
+
+def finish16(norm: np.ndarray, view: View) -> np.ndarray:
+    """``finish`` to 16 bits, for the views of ``renders_16bit``: normalised float32
+    (C, h, w) through the first CTW row, GAM, INV and ``v * 65535 * CNT`` clamped to
+    0..65535 and truncated: uint16 (h, w).  The same arithmetic as the 8-bit kernels
+    with 65535 for 255, so the top byte is within one of the 8-bit output."""
+    norm = np.asarray(norm, np.float32)
+    with np.errstate(all="ignore"):
+        if view.ctw:
+            row = _rectangular(view.ctw)[0]
+            v = np.zeros(norm.shape[1:], np.float32)
+            for j in range(min(len(row), norm.shape[0])):
+                if row[j] != 0:
+                    v = v + np.float32(row[j]) * norm[j]
+        else:
+            v = norm[0]
+        if view.gamma != 1.0:
+            v = np.maximum(v, np.float32(0)) ** np.float32(view.gamma)
+        if view.invert:
+            v = np.float32(1) - v
+        t = v * np.float32(65535) * np.float32(view.contrast)
+        t = np.where(t < 0, np.float32(0), np.where(t < 65535, t, np.float32(65535)))
+        t[np.isnan(t)] = 0
+    return t.astype(np.uint16)
+
+
 def _ctw(view: View) -> np.ndarray | None:
     return np.array(_rectangular(view.ctw), np.float32) if view.ctw else None
 
@@ -290,7 +322,8 @@ def _resample_rows(a: np.ndarray, i0: np.ndarray, i1: np.ndarray, f: np.ndarray)
 def export(read: Callable[[int, int, int, int], np.ndarray], source: tuple[int, int, int, int],
            level_size: tuple[int, int], channels: int, out_size: tuple[int, int], view: View,
            defaults: list[DisplayRange], bilinear: bool = True,
-           display_8bit: bool = False, budget: int = STRIP_BYTES) -> np.ndarray:
+           display_8bit: bool = False, depth: int = 8,
+           budget: int = STRIP_BYTES) -> np.ndarray:
     """A region resampled to ``out_size`` and rendered: uint8 (h, w) or (h, w, 3).
 
     ``read(x, y, w, h)`` returns float32 (C, h, w) of the level the region
@@ -298,8 +331,12 @@ def export(read: Callable[[int, int, int, int], np.ndarray], source: tuple[int, 
     is built in strips of rows; each strip reads only the source rows it needs, so the
     float memory stays under ``budget`` bytes whatever the region's size.
     ``display_8bit`` as for ``render``: without a float operation the 8-bit samples
-    are resampled and truncated, not normalised."""
+    are resampled and truncated, not normalised.  ``depth`` 16 gives uint16 (h, w)
+    through ``finish16``; the caller checks ``renders_16bit`` (and that the output is
+    not 8-bit samples as they are)."""
     samples = display_8bit and not float_processing(view)
+    if depth == 16 and (samples or not renders_16bit(view, channels)):
+        raise ValueError("this view has no 16-bit output")
     rx, ry, rw, rh = source
     lw, lh = level_size
     out_w, out_h = out_size
@@ -326,10 +363,15 @@ def export(read: Callable[[int, int, int, int], np.ndarray], source: tuple[int, 
         norm = norm[:, top : top + (sy1 - sy0), left : left + rw]
         norm = _resample_cols(norm, xi0, xi1, xf)
         norm = _resample_rows(norm, yi0[oy0:oy1] - sy0, yi1[oy0:oy1] - sy0, yf[oy0:oy1])
-        pixels = display_samples(norm) if samples else finish(norm, view)
+        if samples:
+            pixels = display_samples(norm)
+        else:
+            pixels = finish16(norm, view) if depth == 16 else finish(norm, view)
         del norm
         if out is None:
-            out = np.empty((out_h,) + pixels.shape[1:], np.uint8)
+            out = np.empty((out_h,) + pixels.shape[1:], pixels.dtype)
         out[oy0:oy1] = pixels
     assert out is not None
+    if depth == 16:
+        return out  # one channel: COL grey changes nothing
     return convert_colour(out, view.colour)

@@ -64,9 +64,12 @@ class Watermark:
               rng: random.Random | None = None) -> np.ndarray:
         """Add the watermark to uint8 (h, w) or (h, w, 3) ``pixels`` (in place), once
         per ``cell``-sized block of a grid from the top-left corner (a whole tile when
-        ``cell`` is None), each with its own draw of the probability and position."""
+        ``cell`` is None), each with its own draw of the probability and position.
+        16-bit grey output (uint16) gets the same watermark scaled to 16 bits."""
         if self.opacity <= 0 or self.probability <= 0:
             return pixels
+        wide = pixels.dtype == np.uint16
+        scale, top = (np.float32(257), np.float32(65535)) if wide else (None, np.float32(255))
         rng = rng or random
         h, w = pixels.shape[:2]
         cw, ch = cell if cell is not None else (w, h)
@@ -81,7 +84,9 @@ class Watermark:
                 ox = x0 + rng.randrange(bw - ww + 1)
                 oy = y0 + rng.randrange(bh - wh + 1)
                 block = pixels[oy : oy + wh, ox : ox + ww]
-                block[...] = np.minimum(block + wm, np.float32(255)).astype(np.uint8)
+                if scale is not None:
+                    wm = wm * scale
+                block[...] = np.minimum(block + wm, top).astype(pixels.dtype)
         return pixels
 
 
