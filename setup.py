@@ -28,7 +28,8 @@ setup(
         "flup==1.0.3",
         "astropy>=6.0",
         "numpy>=2.0",
-        "Pillow>=10.0",
+        # PNG, WebP and AVIF output; AVIF is in Pillow's wheels from 11.3 on
+        "Pillow>=11.3",
         # JPEG tiles through libjpeg-turbo without Pillow's per-call overhead
         # (iipy/imaging/encode.py)
         "simplejpeg>=1.7",
