@@ -148,12 +148,23 @@ class Responder:
         headers.extend(self.cors)
         return self._finish(200, headers, data)
 
-    def document(self, body: bytes, mtime: float, content_type: str) -> Response:
-        """PFL (JSON), SPECTRA, Zoomify and DeepZoom (XML), TIL."""
+    def document(self, body: bytes, mtime: float, content_type: str,
+                 cache_control: str | None = None) -> Response:
+        """PFL (JSON), SPECTRA, Zoomify and DeepZoom (XML), TIL, IIIF info.json;
+        ``cache_control`` replaces CACHE_CONTROL's value."""
         headers = [self.server, ("Content-Type", content_type),
-                   ("Last-Modified", http_date(mtime)), self.cache_control]
+                   ("Last-Modified", http_date(mtime)),
+                   self.cache_control if cache_control is None
+                   else ("Cache-Control", cache_control)]
         headers.extend(self.cors)
         return self._finish(200, headers, body)
+
+    def redirect(self, location: str) -> Response:
+        """IIIF's ``303 See Other`` to an image's info.json: iipsrv 1.1's lines (Status,
+        Location, Server), then the CORS lines and ``Content-Length: 0``."""
+        headers = [("Status", "303 See Other"), ("Location", location), self.server]
+        headers.extend(self.cors)
+        return self._finish(303, headers, b"")
 
     # --- errors -------------------------------------------------------------------------
 

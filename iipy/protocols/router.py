@@ -74,12 +74,13 @@ class Application:
     def __call__(self, params: dict[str, str]) -> bytes:
         return self.handle(params).to_bytes()
 
-    def request_string(self, params: dict[str, str]) -> str:
+    def request_string(self, params: dict[str, str]) -> tuple[str, bool]:
+        """The request string and whether it comes from URI_MAP (docs/protocol.md §3.1)."""
         if self.settings.uri_map:
             mapped = parser.map_uri(params.get("REQUEST_URI", ""), self.settings.uri_map)
             if mapped is not None:
-                return mapped
-        return params.get("QUERY_STRING", "")
+                return mapped, True
+        return params.get("QUERY_STRING", ""), False
 
     def handle(self, params: dict[str, str]) -> Response:
         start = time.perf_counter()
@@ -106,7 +107,7 @@ class Application:
         if trace is None:
             trace = _Trace()
         start = time.perf_counter()
-        query = self.request_string(params)
+        query, mapped = self.request_string(params)
         trace.query = query
         if not query:
             return self.responder.advert()
@@ -119,7 +120,7 @@ class Application:
         cache.begin_request()
         ctx = Context(self.settings, self.responder, self.store,
                       if_modified_since=parse_http_date(ims) if ims else None,
-                      cache=cache)
+                      params=params, request_string=query, mapped=mapped, cache=cache)
         try:
             response = commands.run(request, ctx)
         except IIPyError as exc:
@@ -127,6 +128,8 @@ class Application:
         except Exception:
             log.exception("unhandled error for %r", query)
             response = self.responder.internal_error()
+        if ctx.command in OTHER_PROTOCOLS:  # also after modifiers: GAM=0.4545&IIIF=...
+            trace.protocol = ctx.command
         trace.command = ctx.command if ctx.command in _KNOWN_COMMANDS else "other"
         trace.timings = ctx.timings
         trace.cache = cache

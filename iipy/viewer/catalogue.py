@@ -16,7 +16,7 @@ from iipy.protocols.iip.parser import parse
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.fz", ".fit.fz", ".fts.fz")
 #: Most images listed from the folders (a folder may hold a whole archive).
 MAX_LISTED = 5000
-#: Commands whose argument names a file, like FIF (not implemented by iipy yet): allowed
+#: Commands whose argument names a file, like FIF (IIIF, Zoomify, DeepZoom): allowed
 #: only when one whole folder is served, where the application confines them itself.
 _PATH_COMMANDS = frozenset({"iiif", "zoomify", "deepzoom"})
 

@@ -97,3 +97,20 @@ def test_uri_map():
         "iiif=image.fits/info.json"
     assert parser.map_uri("/other/x", "iiif=>IIIF") is None
     assert parser.map_uri("/x", "broken") is None
+    # a path segment, not any string prefix; the slashes around it go
+    assert parser.map_uri("/iiifx/a.fits/info.json", "iiif=>IIIF") is None
+    assert parser.map_uri("/iiif", "/iiif/=>IIIF") == "iiif="
+    assert parser.map_uri("//iiif//a.fits", "iiif=>iiif") is None
+    assert parser.map_uri("/a/b/iiif/x.fits/info.json", "a/b/iiif=>IIIF") == \
+        "iiif=x.fits/info.json"
+    # an empty prefix maps every path; IIP gives a FIF
+    assert parser.map_uri("/x.fits", "=>IIP") == "fif=x.fits"
+    # several mappings (an iipy extension), first match wins; bad entries are skipped
+    many = "iiif=>IIIF, deepzoom=>DeepZoom,zoomify=>Zoomify,junk,x=>Foo"
+    assert parser.map_uri("/deepzoom/a.fits.dzi", many) == "deepzoom=a.fits.dzi"
+    assert parser.map_uri("/zoomify/a.fits/ImageProperties.xml", many) == \
+        "zoomify=a.fits/ImageProperties.xml"
+    assert parser.map_uri("/iiif/a%2Fb.fits/info.json?q", many) == "iiif=a%2Fb.fits/info.json"
+    assert parser.map_uri("/x/a.fits", many) is None
+    assert parser.uri_mappings(many) == [("iiif", "iiif"), ("deepzoom", "deepzoom"),
+                                         ("zoomify", "zoomify")]

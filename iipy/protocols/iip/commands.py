@@ -5,6 +5,11 @@ produces the response and ends the request (iipsrv would go on and concatenate a
 HTTP response; no client sends two).  IIP errors are collected and, when the request
 ends without output, replace the whole answer.  File and argument errors end the request
 at once.  This module holds the command table; each group of commands has its module.
+
+When the first output command is a path-like one (IIIF, DeepZoom, Zoomify) and other
+commands come before it, the image its argument names is opened first, as if a FIF
+had been written at the start: the modifiers before it that need an image (MINMAX)
+then apply to it (docs/protocol.md §10).
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ from typing import Callable
 
 from iipy.errors import ImageUnavailable, MalformedRequest, UnsupportedCommand
 from iipy.protocols.http import Response
-from iipy.protocols.iip import export, fif, modifiers, objects, tiles, values
+from iipy.protocols.iip import (deepzoom_cmd, export, fif, iiif_cmd, modifiers, objects, tiles,
+                                values, zoomify_cmd)
 from iipy.protocols.iip.context import Context
 from iipy.protocols.iip.parser import Command, IIPRequest
 
@@ -23,6 +29,7 @@ __all__ = ["Context", "HANDLERS", "run"]
 def run(request: IIPRequest, ctx: Context) -> Response:
     """Execute the commands of ``request`` and return its response.  As in iipsrv, an
     image-not-set error (1 3) ends the request: later commands are not looked at."""
+    open_protocol_image(request, ctx)
     for cmd in request.commands:
         ctx.command = cmd.name
         handler = HANDLERS.get(cmd.name)
@@ -42,6 +49,31 @@ def run(request: IIPRequest, ctx: Context) -> Response:
         mtime = ctx.image.ref.mtime if ctx.image is not None else None
         return ctx.responder.obj_text(body.encode("utf-8", "surrogateescape"), mtime)
     return ctx.responder.iip_error([MalformedRequest(request.query)])
+
+
+def open_protocol_image(request: IIPRequest, ctx: Context) -> None:
+    """Open the image of a path-like output command before the commands run, when it is
+    the request's first output command and does not come first."""
+    for position, cmd in enumerate(request.commands):
+        if cmd.name in OUTPUT_COMMANDS:
+            find = IMAGE_PATHS.get(cmd.name)
+            path = find(cmd.arg) if find is not None and position > 0 else None
+            if path is not None:
+                ctx.command = cmd.name
+                fif.open_path(ctx, path)
+            return
+
+
+#: The commands that produce a whole answer (docs/protocol.md §3.3).
+OUTPUT_COMMANDS = frozenset({"jtl", "jtls", "til", "cvt", "pfl", "spectra", "iiif", "deepzoom",
+                             "zoomify"})
+
+#: The path-like output commands: the image path in their argument (None if unparsable).
+IMAGE_PATHS: dict[str, Callable[[str], str | None]] = {
+    "iiif": iiif_cmd.image_path,
+    "deepzoom": deepzoom_cmd.image_path,
+    "zoomify": zoomify_cmd.image_path,
+}
 
 
 HANDLERS: dict[str, Callable[[Context, Command], None]] = {
@@ -69,4 +101,7 @@ HANDLERS: dict[str, Callable[[Context, Command], None]] = {
     "cvt": export.cmd_cvt,
     "pfl": values.cmd_pfl,
     "spectra": values.cmd_spectra,
+    "iiif": iiif_cmd.cmd_iiif,
+    "deepzoom": deepzoom_cmd.cmd_deepzoom,
+    "zoomify": zoomify_cmd.cmd_zoomify,
 }

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable, Mapping, Protocol
 
 from iipy.errors import IIPError, ImageUnavailable
 from iipy.imaging import render
@@ -47,6 +47,11 @@ class Context:
     responder: Responder
     store: ImageStore
     if_modified_since: float | None = None
+    #: The request's FastCGI parameters (IIIF reads the host, the URI and headers).
+    params: Mapping[str, str] = field(default_factory=dict)
+    #: The request string as received, and whether it came from URI_MAP.
+    request_string: str = ""
+    mapped: bool = False
     cache: TileCache = field(default_factory=NoCache)
     image: OpenImage | None = None
     ref: ImageRef | None = None  # as resolved by FIF (or SDS, for a sequence)

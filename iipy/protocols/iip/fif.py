@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from iipy.errors import NotModified
 from iipy.imaging.paths import resolve, sequence_ref
+from iipy.imaging.store import OpenImage
 from iipy.protocols.iip import parser
 from iipy.protocols.iip.context import Context
 from iipy.protocols.iip.parser import Command
@@ -15,6 +16,16 @@ def cmd_fif(ctx: Context, cmd: Command) -> None:
         raise NotModified()
     ctx.image = ctx.store.open(ref)
     ctx.ref = ref
+
+
+def open_path(ctx: Context, path: str) -> OpenImage:
+    """The image a path-like protocol (IIIF, DeepZoom, Zoomify) names, opened as FIF
+    opens it (URL-decoded already; ``../`` removal, FILESYSTEM_PREFIX, confinement,
+    If-Modified-Since), unless the request has already opened that path."""
+    if ctx.image is None or ctx.ref is None or ctx.ref.fif != path:
+        cmd_fif(ctx, Command("fif", "FIF", path))
+    assert ctx.image is not None
+    return ctx.image
 
 
 def open_view(ctx: Context, horizontal: int, vertical: int) -> None:

@@ -75,24 +75,34 @@ def parse(query: str) -> IIPRequest:
     return IIPRequest(query, tuple(commands))
 
 
+#: URI_MAP protocol names (any case) and the command a mapped request gets.
+_MAPPED_COMMANDS = {"iip": "fif", "iiif": "iiif", "zoomify": "zoomify", "deepzoom": "deepzoom"}
+
+
+def uri_mappings(uri_map: str) -> list[tuple[str, str]]:
+    """URI_MAP as (prefix without slashes, command) pairs, in order.  iipsrv reads one
+    ``prefix=>protocol``; iipy also reads several separated by commas.  Entries without
+    ``=>`` or with another protocol are left out."""
+    out = []
+    for entry in uri_map.split(","):
+        prefix, sep, protocol = entry.partition("=>")
+        command = _MAPPED_COMMANDS.get(protocol.strip().lower())
+        if sep and command is not None:
+            out.append((prefix.strip().strip("/"), command))
+    return out
+
+
 def map_uri(request_uri: str, uri_map: str) -> str | None:
-    """URI_MAP (``prefix=>protocol``): the request string for a mapped REQUEST_URI, or
-    None when the mapping does not apply (docs/protocol.md §3.1)."""
-    prefix, sep, protocol = uri_map.partition("=>")
-    if not sep:
-        return None
-    prefix = prefix.strip().strip("/")
-    command = {"iip": "fif", "iiif": "iiif", "zoomify": "zoomify", "deepzoom": "deepzoom"}.get(
-        protocol.strip().lower()
-    )
-    if command is None:
-        return None
+    """URI_MAP (``prefix=>protocol``, or several separated by commas): the request
+    string for a mapped REQUEST_URI, or None when no mapping applies (docs/protocol.md
+    §3.1).  The path must be the prefix or continue it with ``/``; the first mapping
+    that matches wins."""
     path = request_uri.split("?", 1)[0]
-    lead = "/" + prefix if prefix else ""
-    if not path.startswith(lead):
-        return None
-    rest = path[len(lead) :].lstrip("/")
-    return "%s=%s" % (command, rest)
+    for prefix, command in uri_mappings(uri_map):
+        lead = "/" + prefix if prefix else ""
+        if path == lead or path.startswith(lead + "/"):
+            return "%s=%s" % (command, path[len(lead):].lstrip("/"))
+    return None
 
 
 # --- argument grammars ---------------------------------------------------------------
