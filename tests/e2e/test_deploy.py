@@ -5,6 +5,9 @@ exact configuration files of conf/:
   (conf/apache-fcgid.conf.in, inside the minimal server conf/apache2.conf.in): Apache
   spawns ``.venv/bin/iipsrv.fcgi`` with the socket on fd 0 and passes the settings
   with FcgidInitialEnv; the snippet differs from Debian's only by the program's path;
+  with conf/apache-pathstyle.conf.in beside it, path-style IIIF, DeepZoom and Zoomify
+  URLs reach the same processes;
+* nginx's path-style location of conf/nginx.conf.in with URI_MAP;
 * nginx with ``fastcgi_pass`` to a standalone iipy over TCP (kept-alive connections)
   and over a unix socket (conf/nginx.conf.in), and balancing two iipy instances
   (conf/nginx-upstream.conf.in), one of which then stops;
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import grp
 import io
+import json
 import os
 import pwd
 import re
@@ -94,6 +98,42 @@ def check_iip(endpoint: str) -> None:
     assert sizes == [(256, 256)] * 12
     status, _, _ = http_get(f"{endpoint}?FIF=missing.fits&obj=max-size")
     assert status == 404
+
+
+def check_pathstyle(base: str, script: str) -> None:
+    """Path-style IIIF, DeepZoom and Zoomify URLs under ``base`` (``http://host:port``),
+    and the same image through the query-string endpoint ``base + script``."""
+    status, headers, body = http_get(f"{base}/iiif/sky.fits")
+    assert status == 303 and headers["Location"] == f"{base}/iiif/sky.fits/info.json", body
+    status, headers, body = http_get(f"{base}/iiif/sky.fits/info.json")
+    assert status == 200, body[:300]
+    assert headers["Content-Type"].startswith("application/ld+json")
+    info = json.loads(body)
+    assert info["id"] == f"{base}/iiif/sky.fits"
+    assert (info["width"], info["height"]) == (2048, 1536)
+    status, headers, tile = http_get(f"{base}/iiif/sky.fits/0,0,256,256/256,/0/default.jpg")
+    assert status == 200 and headers["Content-Type"] == "image/jpeg"
+    status, _, jtl = http_get(f"{base}{script}?FIF=sky.fits&JTL=3,0")
+    assert status == 200 and tile == jtl
+    status, headers, body = http_get(f"{base}/iiif/sky.fits/full/300,/90/gray.png")
+    assert status == 200 and headers["Content-Type"] == "image/png"
+    with Image.open(io.BytesIO(body)) as im:
+        assert (im.size, im.mode) == ((225, 300), "L")
+    status, _, body = http_get(f"{base}/deepzoom/sky.fits.dzi")
+    assert status == 200 and b'<Size Width="2048" Height="1536"/>' in body
+    status, _, body = http_get(f"{base}/deepzoom/sky.fits_files/11/0_0.jpg")
+    assert status == 200 and body == jtl
+    status, _, body = http_get(f"{base}/zoomify/sky.fits/ImageProperties.xml")
+    assert status == 200 and b'WIDTH="2048" HEIGHT="1536"' in body
+    status, _, body = http_get(f"{base}/zoomify/sky.fits/TileGroup0/3-0-0.jpg")
+    assert status == 200 and body == jtl
+    # an identifier with an encoded slash (./sky.fits)
+    status, _, body = http_get(f"{base}/iiif/.%2Fsky.fits/full/64,/0/default.jpg")
+    assert status == 200 and body[:2] == b"\xff\xd8", body[:200]
+    status, _, _ = http_get(f"{base}/iiif/missing.fits/info.json")
+    assert status == 404
+    status, _, _ = http_get(f"{base}/iiif/sky.fits/full/max/0/default.gif")
+    assert status == 400
 
 
 def _config_lines(text: str) -> list[str]:
@@ -208,7 +248,11 @@ def test_apache_dropin_differs_from_debian_only_by_the_program(tmp_path: Path) -
                           'ScriptAlias /iipsrv/ "/usr/lib/iipimage-server/"')]
 
 
-def test_apache_mod_fcgid_spawns_iipy(tmp_path_factory, example_data, public_dir: Path) -> None:
+def _run_apache(tmp_path_factory, example_data, public_dir: Path, check,
+                snippets: tuple[str, ...] = ("apache-fcgid.conf.in",)) -> tuple[str, Path]:
+    """Apache with conf/apache2.conf.in around ``snippets`` of conf/ (rendered and
+    joined); ``check(base_url)`` runs while it is up.  Returns iipy's log and its
+    directory."""
     apache = require_executable(APACHE_BIN, "apache2")
     if not Path(APACHE_MODULES, "mod_fcgid.so").exists():
         missing("mod_fcgid.so not found (install the Debian package libapache2-mod-fcgid)")
@@ -224,8 +268,11 @@ def test_apache_mod_fcgid_spawns_iipy(tmp_path_factory, example_data, public_dir
         for path in (iipy_dir, iipy_dir / "cache"):
             shutil.chown(path, user, group)
     snippet = public_dir / "iipsrv.conf"
-    snippet.write_text(render_template((CONF / "apache-fcgid.conf.in").read_text(),
-                                       {"IIPSRV_FCGI": program}))
+    text = "\n".join(render_template((CONF / name).read_text(), {"IIPSRV_FCGI": program})
+                     for name in snippets)
+    if os.environ.get("PYTHONPATH"):  # the checkout under test, not an installed iipy
+        text += '\nFcgidInitialEnv PYTHONPATH "%s"\n' % os.environ["PYTHONPATH"]
+    snippet.write_text(text)
     port = free_port()
     conf = public_dir / "apache2.conf"
     conf.write_text(render_template((CONF / "apache2.conf.in").read_text(), {
@@ -236,12 +283,9 @@ def test_apache_mod_fcgid_spawns_iipy(tmp_path_factory, example_data, public_dir
     try:
         launcher.start([apache, "-f", str(conf), "-DFOREGROUND"], dict(os.environ),
                        f"{HOST}:{port}", public_dir, public_dir / "error.log")
-        check_iip(f"http://{HOST}:{port}/iipsrv/iipsrv.fcgi")
-        # iipy runs as Apache's user, spawned with the listening socket on fd 0, with the
-        # settings of the snippet (JPEG_QUALITY) and of the server (FILESYSTEM_PREFIX).
+        check(f"http://{HOST}:{port}")
         log = (iipy_dir / "iipy.log").read_text()
-        assert "socket inherited on file descriptor 0" in log
-        assert "JPEG_QUALITY = 90" in log and f"FILESYSTEM_PREFIX = '{data}/'" in log
+        # iipy runs as Apache's user, spawned with the listening socket on fd 0
         pids = pids_with(str(iipy_dir))
         assert pids, "no iipy process found"
         assert all(os.stat(f"/proc/{pid}").st_uid == pwd.getpwnam(user).pw_uid for pid in pids)
@@ -250,6 +294,24 @@ def test_apache_mod_fcgid_spawns_iipy(tmp_path_factory, example_data, public_dir
         launcher.close()
         left = reap_leftovers(str(iipy_dir))
         assert not left, f"iipy processes {left} outlived Apache"
+    return log, data
+
+
+def test_apache_mod_fcgid_spawns_iipy(tmp_path_factory, example_data, public_dir: Path) -> None:
+    log, data = _run_apache(tmp_path_factory, example_data, public_dir,
+                            lambda base: check_iip(f"{base}/iipsrv/iipsrv.fcgi"))
+    # the settings of the snippet (JPEG_QUALITY) and of the server (FILESYSTEM_PREFIX)
+    assert "socket inherited on file descriptor 0" in log
+    assert "JPEG_QUALITY = 90" in log and f"FILESYSTEM_PREFIX = '{data}/'" in log
+
+
+def test_apache_path_style_urls(tmp_path_factory, example_data, public_dir: Path) -> None:
+    """conf/apache-pathstyle.conf.in beside the drop-in: /iiif/..., /deepzoom/... and
+    /zoomify/... reach the iipy processes of /iipsrv/iipsrv.fcgi, which answer both."""
+    log, _ = _run_apache(tmp_path_factory, example_data, public_dir,
+                         lambda base: check_pathstyle(base, "/iipsrv/iipsrv.fcgi"),
+                         ("apache-fcgid.conf.in", "apache-pathstyle.conf.in"))
+    assert "URI_MAP = 'iiif=>IIIF,deepzoom=>DeepZoom,zoomify=>Zoomify'" in log
 
 
 # ---- nginx ---------------------------------------------------------------------------------
@@ -262,6 +324,15 @@ def test_nginx_tcp_keepalive(iipy_server, nginx) -> None:
     check_iip(web.iip)
     # Kept alive: idle FastCGI connections from nginx to iipy stay open between requests.
     assert _established_to(server.port) >= 1
+
+
+def test_nginx_path_style_urls(iipy_server, nginx) -> None:
+    """The path-style location of conf/nginx.conf.in, with URI_MAP as documented there."""
+    server = iipy_server(URI_MAP="iiif=>IIIF,deepzoom=>DeepZoom,zoomify=>Zoomify")
+    web = nginx(server, keepalive=True)
+    assert "location ~ ^/(iiif|deepzoom|zoomify)/ {" in web.conf.read_text()
+    check_pathstyle(web, "/fcgi-bin/iipsrv.fcgi")
+    check_iip(web.iip)
 
 
 def test_nginx_unix_socket(iipy_server, nginx, unix_socket_path) -> None:
