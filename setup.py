@@ -45,8 +45,10 @@ setup(
     extras_require={
         # (tifffile, a run-time requirement, also writes the pyramidal TIFFs of the
         # tests and of the reference iipsrv in the parity tests and benchmarks;
-        # hypothesis drives the property-based tests of the request parsers)
-        "test": ["pytest>=8", "hypothesis>=6"],
+        # hypothesis drives the property-based tests of the request parsers;
+        # iiif-validator is the IIIF Image API validator run against iipy in
+        # tests/e2e/test_iiif_validator.py)
+        "test": ["pytest>=8", "hypothesis>=6", "iiif-validator>=1.0.5"],
     },
     ext_modules=cythonize(extensions, compiler_directives={"language_level": 3}),
     entry_points={
