@@ -24,8 +24,15 @@ the TIFF STIFF makes of the same file; ``test_leaflet_tilelayer_iip_on_a_vips_rg
 sends Leaflet.TileLayer.IIP's requests (the same page, ``form=tilelayer``) for an 8-bit
 RGB JPEG pyramid made by vips.
 
+``test_openseadragon_*``: tests/e2e/browser/osd.html, served by nginx in front of iipy,
+opens OpenSeadragon on sky.fits through DeepZoom, Zoomify and IIIF (query-string URLs,
+and path-style ones through conf/nginx.conf.in's location and URI_MAP), zooms to three
+levels and waits for every tile; the test checks that the tiles of at least three
+pyramid levels were loaded, all with status 200, and that the screenshots are not
+uniform (and coloured when CMP=jet comes before IIIF).
+
 playwright-core comes from tests/e2e/browser/node_modules (``npm ci``, done by
-conf/bootstrap.sh), as does the Leaflet of the VisiOmatic 2 page.
+conf/bootstrap.sh), as do the Leaflet of the VisiOmatic 2 page and OpenSeadragon.
 """
 
 from __future__ import annotations
@@ -43,10 +50,11 @@ import pytest
 import tifffile
 from astropy.io import fits
 from astropy.wcs import WCS
+from PIL import Image
 
 from tests.e2e._serve import (BROWSER_DIR, LEAFLET_DIST, image_stats, iipy_cli_command,
                               require_browser, run_node)
-from tests.e2e.conftest import HOST, Launcher, free_port, http_get
+from tests.e2e.conftest import HOST, Launcher, free_port, http_get, missing
 from tests.unit._tiff_files import smooth_rgb, stiff_pyramid, vips_pyramid
 
 pytestmark = pytest.mark.e2e
@@ -470,3 +478,99 @@ def _js(value: float) -> str:
     """JavaScript's ``Number.prototype.toString`` for the values the drivers use."""
     text = repr(float(value))
     return text[:-2] if text.endswith(".0") else text
+
+
+# --- OpenSeadragon: DeepZoom, Zoomify, IIIF ------------------------------------------------
+
+OSD_DIST = BROWSER_DIR / "node_modules" / "openseadragon" / "build" / "openseadragon"
+OSD_CASES = [
+    # GAM=0.4545 before the command: the display VisiOmatic gives 32-bit data
+    ("deepzoom", "deepzoom", "/fcgi-bin/iipsrv.fcgi?GAM=0.4545&DeepZoom=sky.fits.dzi"),
+    ("zoomify", "zoomify",
+     "/fcgi-bin/iipsrv.fcgi?GAM=0.4545&Zoomify=sky.fits/ImageProperties.xml"),
+    ("iiif", "iiif", "/fcgi-bin/iipsrv.fcgi?GAM=0.4545&IIIF=sky.fits/info.json"),
+    ("iiif-jet", "iiif", "/fcgi-bin/iipsrv.fcgi?GAM=0.4545&CMP=jet&IIIF=sky.fits/info.json"),
+    # path-style, through conf/nginx.conf.in's location and URI_MAP: the default display
+    ("iiif-path", "iiif", "/iiif/sky.fits/info.json"),
+]
+#: The scale of a tile URL's level, from its path: DeepZoom's level, Zoomify's z, and
+#: IIIF's region width over its output width.
+_LEVEL_RE = {
+    "deepzoom": re.compile(r"_files/(\d+)/\d+_\d+\.jpg$"),
+    "zoomify": re.compile(r"/TileGroup\d+/(\d+)-\d+-\d+\.jpg$"),
+    "iiif": re.compile(r"/(?:\d+,\d+,(\d+),\d+|full)/(\d+),(?:\d+)?/0/default\.jpg$"),
+}
+
+
+def _osd_level(proto: str, url: str) -> str | None:
+    match = _LEVEL_RE[proto].search(url)
+    if match is None:
+        return None
+    if proto != "iiif":
+        return match.group(1)
+    region_w = int(match.group(1) or 2048)
+    return "%.0f" % (region_w / int(match.group(2)))
+
+
+def test_openseadragon_deepzoom_zoomify_iiif(iipy_server, nginx, tmp_path: Path) -> None:
+    chromium, _ = require_browser()
+    if not (OSD_DIST / "openseadragon.min.js").is_file():
+        missing(f"{OSD_DIST} is missing: run `npm ci` in {BROWSER_DIR}")
+    static = tmp_path / "html"
+    static.mkdir()
+    for name in ("osd.html", "osd.js"):
+        shutil.copy(BROWSER_DIR / name, static / name)
+    shutil.copytree(OSD_DIST, static / "openseadragon")
+    static.chmod(0o755)
+    server = iipy_server(URI_MAP="iiif=>IIIF", IIPY_WORKERS=3)
+    web = nginx(server, keepalive=True, static_dir=static)
+    out = tmp_path / "out"
+    out.mkdir()
+    profile = tmp_path / "profile"
+    profile.mkdir()
+    run_node("osd-test.js", ["--url", web + "/osd.html", "--out", str(out), "--chromium",
+                             chromium, "--cases", json.dumps(OSD_CASES)], profile, timeout=240)
+    result = json.loads((out / "result.json").read_text())
+    assert result["ok"], result["error"]
+    log = result["log"]
+    assert log["console"] == [] and log["pageErrors"] == [], (log["console"], log["pageErrors"])
+    assert log["blocked"] == [], log["blocked"]  # nothing but the server under test
+    for name, proto, source in OSD_CASES:
+        step = result["steps"][name]
+        served = [r for r in step["responses"] if r["url"].startswith(web)
+                  and ("/fcgi-bin/" in r["url"] or "/iiif/" in r["url"])]
+        assert all(r["status"] == 200 for r in served), (name, [r for r in served
+                                                              if r["status"] != 200])
+        assert served[0]["url"] == web + source, (name, served[0])
+        levels = {_osd_level(proto, r["url"]) for r in served} - {None}
+        assert len(levels) >= 3, (name, levels, [r["url"] for r in served][:20])
+        tiles = [r for r in served if _osd_level(proto, r["url"]) is not None]
+        assert len(tiles) >= 12, (name, len(tiles))
+        if name == "iiif-path":
+            assert all("/iiif/sky.fits/" in r["url"] for r in tiles)
+        else:  # the modifiers travel in the tile URLs (in the IIIF service's id)
+            query = source.split("?", 1)[1].split("=sky.fits")[0].rsplit("&", 1)[0]
+            assert all(f"?{query}&" in r["url"] for r in tiles), (name, query)
+        for shot in step["steps"]:
+            std, distinct = image_stats(Path(shot["screenshot"]))
+            assert distinct > 10 and std > (3 if "GAM" in source and shot["zoom"] >= 0.5
+                                            else 0.1), (name, shot["zoom"], std, distinct)
+        chroma = _chroma(Path(step["steps"][-1]["screenshot"]))
+        assert (chroma > 20) if name == "iiif-jet" else (chroma < 2), (name, chroma)
+    # the same pixels through the three protocols, at every zoom
+    for zoom in range(len(result["steps"]["iiif"]["steps"])):
+        shots = [_pixels(Path(result["steps"][name]["steps"][zoom]["screenshot"]))
+                 for name in ("deepzoom", "zoomify", "iiif")]
+        for other in shots[1:]:
+            assert np.abs(other - shots[0]).mean() < 0.5, zoom
+
+
+def _pixels(png: Path) -> np.ndarray:
+    with Image.open(png) as im:
+        return np.asarray(im.convert("RGB")).astype(np.int32)
+
+
+def _chroma(png: Path) -> float:
+    """Mean |R - G| + |G - B| of a screenshot."""
+    rgb = _pixels(png)
+    return float((np.abs(rgb[..., 0] - rgb[..., 1]) + np.abs(rgb[..., 1] - rgb[..., 2])).mean())
