@@ -25,6 +25,13 @@ Prints tiles/s, mean and p99 latency and the ratio iipy/iipsrv per case, then, f
 warm single-process case, the in-process cost of each stage per tile (parse, read,
 render, encode, other) and what remains for FastCGI and nginx.  ``--suite`` runs
 {16384x16384 image, 4096x4096x5 cube} x {1 process, one per CPU} x {cold, warm}.
+
+``--protocols`` instead compares the URL forms of the same tiles, warm, in the default
+display (iipsrv 1.1 ignores modifiers before IIIF, and fails on MINMAX there): JTL,
+DeepZoom (``<image>_files/<L>/<x>_<y>.jpg``) and IIIF
+(``<image>/<x>,<y>,<w>,<h>/<tile width>,/0/default.jpg``) for every tile of every level,
+each replayed ``--repeat`` times per server; prints the median tiles/s with the
+spread (min-max) and the ratio of the medians.
 Nothing here is a test: figures go in notes, not assertions.
 
 Needs: nginx, wrk, iipimage-server (apt), tifffile (pip install -e .[test]).
@@ -158,6 +165,33 @@ def tile_paths(size: int, tile: int, fif: str, channels: int, seed: int = 2) -> 
             n = -(-sizes[nres - 1 - r] // tile)
             paths += ["?FIF=%s&%s&JTL=%d,%d" % (fif, variant, r, i) for i in range(n * n)]
     random.Random(seed).shuffle(paths)
+    return paths
+
+
+def protocol_paths(size: int, tile: int, fif: str, protocol: str) -> list[str]:
+    """Every tile of every level once, in the URL form of ``protocol`` (``jtl``,
+    ``deepzoom`` or ``iiif``), default display, shuffled: the same JTL tiles."""
+    sizes = level_sizes(size, tile)
+    nres = len(sizes)
+    deepest = (max(size, 1) - 1).bit_length()  # DeepZoom's level of the full image
+    paths = []
+    for r in range(nres):
+        k = nres - 1 - r
+        n = -(-sizes[k] // tile)
+        for y in range(n):
+            for x in range(n):
+                if protocol == "jtl":
+                    paths.append("?FIF=%s&JTL=%d,%d" % (fif, r, y * n + x))
+                elif protocol == "deepzoom":
+                    level = r + deepest - nres + 1
+                    paths.append("?DeepZoom=%s_files/%d/%d_%d.jpg" % (fif, level, x, y))
+                else:
+                    s = 1 << k
+                    w = min(tile, sizes[k] - x * tile)
+                    h = min(tile, sizes[k] - y * tile)
+                    paths.append("?IIIF=%s/%d,%d,%d,%d/%d,/0/default.jpg"
+                                 % (fif, x * tile * s, y * tile * s, w * s, h * s, w))
+    random.Random(3).shuffle(paths)
     return paths
 
 
@@ -370,6 +404,51 @@ def run_case(work: Path, size: int, channels: int, procs: int, args, lua: Path,
     return out
 
 
+def run_protocols(work: Path, size: int, channels: int, procs: int, args, lua: Path
+                  ) -> dict[str, dict[str, list[tuple[float, float, float, int]]]]:
+    """Warm throughput of the JTL, DeepZoom and IIIF forms of the same tiles: every run
+    of every protocol and server (alternating), after a warm-up each."""
+    fits_name, tif_name = prepare(work, size, channels)
+    names = {"iipy": fits_name, "iipsrv": tif_name}
+    servers = Servers(work, procs, "protocols-%d" % time.monotonic_ns())
+    runs: dict[str, dict[str, list]] = {}
+    try:
+        files = {}
+        for protocol in PROTOCOLS:
+            for name in ("iipy", "iipsrv"):
+                pf = servers.run / ("paths-%s-%s.txt" % (protocol, name))
+                pf.write_text("".join("/%s%s\n" % (name, p)
+                                      for p in protocol_paths(size, 256, names[name], protocol)))
+                files[protocol, name] = pf
+                run_wrk("http://127.0.0.1:%d/%s" % (servers.port, name), pf, lua, 2,
+                        args.connections, servers.client_cpus)
+        for _ in range(args.repeat):
+            for protocol in PROTOCOLS:
+                for name in ("iipy", "iipsrv"):
+                    runs.setdefault(protocol, {}).setdefault(name, []).append(
+                        run_wrk("http://127.0.0.1:%d/%s" % (servers.port, name),
+                                files[protocol, name], lua, args.duration, args.connections,
+                                servers.client_cpus))
+    finally:
+        servers.close()
+    return runs
+
+
+PROTOCOLS = ("jtl", "deepzoom", "iiif")
+
+
+def print_protocols(title: str, runs) -> None:
+    for protocol in PROTOCOLS:
+        a = [r[0] for r in runs[protocol]["iipy"]]
+        b = [r[0] for r in runs[protocol]["iipsrv"]]
+        errors = sum(r[3] for side in runs[protocol].values() for r in side)
+        print("%-26s %-8s iipy %7.1f t/s (%.1f-%.1f)  iipsrv %7.1f t/s (%.1f-%.1f)  "
+              "ratio %.2f%s" % (title, protocol, statistics.median(a), min(a), max(a),
+                                statistics.median(b), min(b), max(b),
+                                statistics.median(a) / statistics.median(b),
+                                "  ERRORS %d" % errors if errors else ""))
+
+
 def print_case(title: str, result) -> None:
     for temp in ("cold", "warm"):
         a, b = result[temp]["iipy"], result[temp]["iipsrv"]
@@ -424,6 +503,8 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3, help="runs per server (medians)")
     ap.add_argument("--connections", type=int, default=4, help="concurrent connections")
     ap.add_argument("--suite", action="store_true", help="the whole matrix (see above)")
+    ap.add_argument("--protocols", action="store_true",
+                    help="JTL, DeepZoom and IIIF URLs of the same tiles (see above)")
     ap.add_argument("--dir", help="work directory, kept (images are reused)")
     args = ap.parse_args()
     for exe in ("nginx", "wrk"):
@@ -447,6 +528,15 @@ def main() -> int:
           % ("Cython" if ACCELERATED else "NumPy", ncpu, args.connections, args.duration,
              args.repeat))
     try:
+        if args.protocols:
+            title = "%dx%d%s, %d proc" % (args.size, args.size,
+                                         "x%d" % args.channels if args.channels > 1 else "",
+                                         args.procs)
+            runs = run_protocols(work, args.size, args.channels, args.procs, args, lua)
+            print("\nwarm, default display (tiles/s: median (min-max) of %d runs; ratio of "
+                  "the medians iipy/iipsrv):" % args.repeat)
+            print_protocols(title, runs)
+            return 0
         results = []
         for size, channels, procs in cases:
             title = "%dx%d%s, %d proc" % (size, size, "x%d" % channels if channels > 1 else "",
