@@ -44,6 +44,7 @@ run(process.argv.slice(2), async (page, log, result, args) => {
       await page.locator('#viewer').screenshot({ path: screenshot });
       steps.push({ zoom: zoom, screenshot: screenshot });
     }
+    await page.waitForLoadState('networkidle');
     result.steps[name] = { url: url, steps: steps, responses: log.responses.slice(first) };
   }
 });
