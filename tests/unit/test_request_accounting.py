@@ -58,6 +58,8 @@ def test_each_request_is_recorded_with_its_labels_stages_and_cache_lookups(recor
         {"QUERY_STRING": TILE, "REQUEST_METHOD": "OPTIONS"},
         {"QUERY_STRING": TILE, "REQUEST_METHOD": "DELETE"},
         {"QUERY_STRING": "IIIF=grey.fits/info.json"},
+        {"QUERY_STRING": "GAM=0.5&DeepZoom=grey.fits.dzi"},      # after a modifier
+        {"QUERY_STRING": "QLT=9&IIIF=missing.fits/info.json"},   # its image opened first
     ):
         sizes.append(len(app.handle(params).body))
     got = [(r["protocol"], r["command"], r["status"], r["nbytes"]) for r in app.metrics.requests]
@@ -72,7 +74,9 @@ def test_each_request_is_recorded_with_its_labels_stages_and_cache_lookups(recor
         ("iip", "none", 400, sizes[7]),
         ("http", "options", 204, 0),
         ("http", "method", 405, sizes[9]),
-        ("iiif", "iiif", 400, sizes[10]),
+        ("iiif", "iiif", 200, sizes[10]),
+        ("deepzoom", "deepzoom", 200, sizes[11]),
+        ("iiif", "iiif", 404, sizes[12]),
     ]
     assert sizes[0] > 0
     stages = [sorted(r["stages"]) for r in app.metrics.requests]
