@@ -435,3 +435,33 @@ def test_no_request_gets_a_500(app, command, parts, prefix):
     query = "%s%s=%s" % (prefix, command, "/".join(parts))
     r = app.handle({"QUERY_STRING": query, **HOST})
     assert r.status in (200, 303, 400, 404, 501), (query, r.status, r.body[:200])
+
+
+# --- TIFF: the same protocols behind the ImageSource interface ----------------------------
+
+
+def test_tiff_images_answer_every_protocol(tmp_path):
+    """An 8-bit RGB pyramidal TIFF (600 x 400, a stored 300 x 200 level) through IIIF,
+    DeepZoom and Zoomify: its sizes, its tiles as JTL's, its stored level exported as
+    it is (8-bit samples without float processing), and modifiers that change it."""
+    from tests.unit._tiff_files import mean_2x2, smooth_rgb, write_levels
+
+    full = smooth_rgb(600, 400)
+    half = np.rint(mean_2x2(full)).astype(np.uint8)
+    root = tmp_path / "tiff"
+    root.mkdir()
+    write_levels(root / "rgb.tif", [full, half])
+    app = make_app(root, tmp_path)
+    doc = json.loads(get(app, "IIIF=rgb.tif/info.json").body)
+    assert (doc["width"], doc["height"]) == (600, 400)
+    assert doc["tiles"] == [{"width": 256, "height": 256, "scaleFactors": [1, 2]}]
+    assert doc["sizes"] == [{"width": 300, "height": 200}]
+    assert get(app, "DeepZoom=rgb.tif.dzi").body == deepzoom.descriptor(Grid(600, 400, 256, 256))
+    jtl = get(app, "FIF=rgb.tif&JTL=1,1").body
+    assert get(app, "IIIF=rgb.tif/256,0,256,256/256,/0/default.jpg").body == jtl
+    assert get(app, "DeepZoom=rgb.tif_files/10/1_0.jpg").body == jtl
+    assert get(app, "Zoomify=rgb.tif/TileGroup0/1-1-0.jpg").body == jtl
+    stored = np.asarray(decode(get(app, "IIIF=rgb.tif/full/300,/0/default.png").body))
+    assert np.array_equal(stored, half)
+    inverted = np.asarray(decode(get(app, "INV&IIIF=rgb.tif/full/300,/0/default.png").body))
+    assert np.abs(inverted.astype(int) - (255 - half.astype(int))).max() <= 1
