@@ -194,6 +194,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds a worker may spend on one request before it is killed and replaced."),
     Setting("IIPY_MAX_REQUESTS", "max_requests", c_int(lo=0), 0,
             "Recycle a worker after this many requests (plus up to 10% jitter); 0: never."),
+    Setting("IIPY_MAX_RSS_MB", "max_rss_mb", c_int(lo=0), 0,
+            "Recycle a worker whose resident memory, memory-mapped files not counted, is "
+            "above this many MB after a request; 0: never."),
     Setting("IIPY_SOCKET_MODE", "socket_mode", octal_mode, 0o666,
             "Permissions (octal) of a unix socket created with --bind."),
     Setting("IIPY_CACHE_DIR", "cache_dir", c_str, _default_cache_dir,
@@ -254,6 +257,7 @@ class Settings:
     workers: int
     timeout: float
     max_requests: int
+    max_rss_mb: int
     socket_mode: int
     cache_dir: str
     cache_dir_max_mb: int

@@ -6,6 +6,10 @@ With IIPY_LOG_FORMAT=json every line is one JSON object: ``time`` (UTC, ISO 8601
 milliseconds), ``level``, ``pid``, then either the fields of a request (a record with
 an ``iipy_fields`` attribute, see ``iipy.protocols.router``) or ``logger`` and
 ``message`` (and ``exception``, the traceback, when there is one).
+
+:func:`reopen` closes LOGFILE and opens it again under its name: the supervisor calls
+it on SIGUSR1 in the master and in every worker, so that after logrotate has renamed
+the file (and sent the signal) new lines go to a new file.
 """
 
 from __future__ import annotations
@@ -19,6 +23,35 @@ import sys
 from iipy.settings import Settings
 
 STARTUP = "iipy.startup"
+
+log = logging.getLogger(__name__)
+
+
+class LogFile(logging.FileHandler):
+    """LOGFILE, appended to, and reopened on request."""
+
+    def reopen(self) -> None:
+        """Open the file's name again and switch to it; keep the old stream if that fails."""
+        try:
+            stream = self._open()
+        except OSError as exc:
+            log.warning("cannot reopen %s (%s): still writing to the file already open",
+                        self.baseFilename, exc.strerror or exc)
+            return
+        self.acquire()
+        try:
+            old, self.stream = self.stream, stream
+            if old is not None:
+                old.close()
+        finally:
+            self.release()
+
+
+def reopen() -> None:
+    """Reopen LOGFILE if logging goes to a file (syslog and standard error need nothing)."""
+    for handler in logging.getLogger("iipy").handlers:
+        if isinstance(handler, LogFile):
+            handler.reopen()
 
 
 def configure(settings: Settings) -> None:
@@ -37,8 +70,8 @@ def configure(settings: Settings) -> None:
             sys.stderr.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
         else:
             # requests may carry any bytes (surrogate escapes): never fail on them
-            handler = logging.FileHandler(settings.logfile, delay=False, encoding="utf-8",
-                                          errors="backslashreplace")
+            handler = LogFile(settings.logfile, delay=False, encoding="utf-8",
+                              errors="backslashreplace")
     except OSError:
         root.addHandler(logging.NullHandler())  # as iipsrv: no log if it cannot be opened
         root.setLevel(logging.CRITICAL + 1)

@@ -23,7 +23,11 @@ wait for the next request.  Here:
   :data:`WORKER_BOOT_ERROR`; the master then stops every worker and returns that
   status instead of forking replacements in a loop.
 * ``settings.max_requests`` recycles a worker after that many requests plus up to
-  10 % random jitter, so workers started together do not all restart together.
+  10 % random jitter, so workers started together do not all restart together;
+  ``settings.max_rss_mb`` recycles a worker whose anonymous resident memory (see
+  :func:`anonymous_rss`) exceeds it after a request.  A recycled worker finishes the
+  request in hand and exits with :data:`WORKER_RECYCLED`; the master logs it as
+  recycled, not as a death, and forks its replacement at once.
 
 Signals understood by the master:
 
@@ -32,11 +36,13 @@ SIGTERM/INT    stop accepting, let requests in progress finish, exit 0
 SIGHUP         fork a new set of workers; the old ones finish their current
                request and exit
 SIGTTIN/TTOU   one worker more / one fewer
-SIGUSR1        logged (log files are reopened by whoever configures logging)
+SIGUSR1        reopen the log files (the ``reopen_logs`` callable), then send
+               SIGUSR1 to every worker, which does the same between requests
 =============  ==============================================================
 
 Workers treat SIGTERM and SIGINT as "finish the current request, then exit",
-ignore the master-only signals, and exit by themselves when the master is gone.
+SIGUSR1 as "reopen the log files before waiting for the next request", ignore the
+other master-only signals, and exit by themselves when the master is gone.
 """
 
 from __future__ import annotations
@@ -64,6 +70,8 @@ WORKER_BOOT_ERROR = 3
 WORKER_CRASHED = 1
 #: Exit status of a worker stopped by SIGABRT after the heartbeat timeout.
 WORKER_TIMED_OUT = 1
+#: Exit status of a worker that retired itself (max requests, max resident memory).
+WORKER_RECYCLED = 4
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _MASTER_SIGNALS = (
@@ -77,13 +85,15 @@ _MASTER_SIGNALS = (
 )
 #: Signals that only mean something to the master; a worker must survive them
 #: (a terminal hang-up or a ``kill -HUP`` sent to the whole process group).
-_WORKER_IGNORED = (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1)
+_WORKER_IGNORED = (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU)
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
 class _Settings(Protocol):
     workers: int
     timeout: float
     max_requests: int
+    max_rss_mb: int
 
 
 class _Pollable(Protocol):
@@ -91,6 +101,22 @@ class _Pollable(Protocol):
 
 
 Job = Callable[[socket.socket, "WorkerContext"], None]
+
+
+def anonymous_rss(pid: int | str = "self") -> int:
+    """Resident memory of a process that is not backed by a file, in bytes (0 if unknown).
+
+    ``resident - shared`` of ``/proc/PID/statm``, i.e. RssAnon: the heap, arrays and
+    the pages still shared copy-on-write with the master.  Pages of memory-mapped
+    files (FITS data, pyramid levels, libraries) are left out: they are the kernel's
+    page cache, shared by every worker and reclaimable, not the worker's growth.
+    """
+    try:
+        with open("/proc/%s/statm" % pid, "rb") as f:
+            fields = f.read().split()
+        return max(0, int(fields[1]) - int(fields[2])) * _PAGE_SIZE
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 class HeartbeatBoard:
@@ -150,14 +176,24 @@ class WorkerContext:
         max_requests: int,
         master_pid: int,
         wake_fd: int,
+        max_rss: int = 0,
+        reopen_logs: Callable[[], None] | None = None,
     ) -> None:
         self.worker_id = worker_id
         #: This worker's slot on the shared boards (heartbeat, metrics).
         self.slot = slot
         self.pid = os.getpid()
         self.max_requests = max_requests
+        #: Anonymous resident memory (bytes) above which the worker recycles; 0: no limit.
+        self.max_rss = max_rss
         self.requests = 0
+        #: Requests the web server gave up on before they started, skipped unserved.
+        self.abandoned = 0
         self.booted = False
+        #: True once the worker retires itself (exit status WORKER_RECYCLED).
+        self.recycled = False
+        self._reopen_logs = reopen_logs
+        self._reopen_pending = False
         #: Idle heartbeat period: well inside the timeout, so idle workers never look hung.
         self.beat_interval = min(1.0, timeout / 4.0)
         self._board = board
@@ -182,10 +218,29 @@ class WorkerContext:
         self._board.beat(self._slot)
 
     def request_done(self) -> None:
-        """Count one request; stop the worker once its max-requests quota is used up."""
+        """Count one request; recycle the worker once its max-requests quota is used up
+        or its memory is above the limit."""
         self.requests += 1
         if self.max_requests and self.requests >= self.max_requests:
-            self.stop("served %d requests, recycling" % self.requests)
+            self.recycle("served %d requests" % self.requests)
+        elif self.max_rss and (rss := anonymous_rss()) > self.max_rss:
+            self.recycle("resident memory %.1f MB is above the limit of %d MB"
+                         % (rss / (1 << 20), self.max_rss >> 20))
+
+    def request_abandoned(self) -> None:
+        """Count one request skipped because the web server gave up on it."""
+        self.abandoned += 1
+        self.notify()
+
+    def recycle(self, reason: str) -> None:
+        """Exit after the request in progress, to be replaced by a fresh worker."""
+        if self._alive:
+            self.recycled = True
+        self.stop(reason + ", recycling")
+
+    def request_reopen(self) -> None:
+        """SIGUSR1: reopen the log files the next time the worker waits for work."""
+        self._reopen_pending = True
 
     def stop(self, reason: str) -> None:
         """Ask the job to return after the request in progress."""
@@ -202,6 +257,11 @@ class WorkerContext:
         Hang-ups and errors count as readable: reading then reports them.
         """
         self.notify()
+        if self._reopen_pending:
+            self._reopen_pending = False
+            if self._reopen_logs is not None:
+                self._reopen_logs()
+                log.info("worker %d (pid %d): log files reopened", self.worker_id, self.pid)
         if os.getppid() != self._master_pid:
             self.stop("master process is gone, exiting")
         if not self._alive:
@@ -265,7 +325,8 @@ class Supervisor:
 
     ``run(sock)`` returns the master's exit status: 0 after SIGTERM/SIGINT,
     :data:`WORKER_BOOT_ERROR` if a worker could not boot.  It closes the master's
-    copy of ``sock`` when it stops.
+    copy of ``sock`` when it stops.  ``reopen_logs``, if given, is called on SIGUSR1
+    in the master and in every worker.
     """
 
     #: Longest wait of the master's loop, in seconds.
@@ -275,11 +336,14 @@ class Supervisor:
     #: Heartbeat slots: the most workers that can exist at once (old and new during SIGHUP).
     capacity = 1024
 
-    def __init__(self, job: Job, settings: _Settings) -> None:
+    def __init__(self, job: Job, settings: _Settings,
+                 reopen_logs: Callable[[], None] | None = None) -> None:
         self._job = job
         self._target = max(1, int(settings.workers))
         self._timeout = float(settings.timeout)
         self._max_requests = max(0, int(settings.max_requests))
+        self._max_rss = max(0, int(getattr(settings, "max_rss_mb", 0))) << 20
+        self._reopen_logs = reopen_logs
         self._workers: dict[int, _WorkerRecord] = {}
         self._signals: collections.deque[int] = collections.deque()
         self._free_slots = list(range(self.capacity - 1, -1, -1))
@@ -306,6 +370,10 @@ class Supervisor:
         self._install_signal_handlers()
         log.info("master pid %d: starting %d worker(s), timeout %g s",
                  self._pid, self._target, self._timeout)
+        if self._max_rss and anonymous_rss() >= self._max_rss:
+            log.warning("IIPY_MAX_RSS_MB=%d is below the master's own resident memory "
+                        "(%d MB): every worker will be recycled after each request",
+                        self._max_rss >> 20, anonymous_rss() >> 20)
         try:
             self._manage_workers()
             while not self._stopping:
@@ -389,8 +457,17 @@ class Supervisor:
                 self._target = max(1, self._target - 1)
                 log.info("SIGTTOU: %d worker(s) wanted", self._target)
             elif signum == signal.SIGUSR1:
-                log.info("SIGUSR1 received (nothing to do in the master)")
+                self._reopen()
             # SIGCHLD only wakes the loop: _reap runs on every pass.
+
+    def _reopen(self) -> None:
+        """SIGUSR1: reopen the master's log files, then have every worker do the same."""
+        if self._reopen_logs is not None:
+            self._reopen_logs()
+            log.info("SIGUSR1 received: log files reopened")
+        else:
+            log.info("SIGUSR1 received (no log file to reopen)")
+        self._signal_all(signal.SIGUSR1)
 
     # ---- workers ------------------------------------------------------------------
 
@@ -513,6 +590,8 @@ class Supervisor:
                 self._status = WORKER_BOOT_ERROR
         elif worker.aborted_at is not None:
             log.warning("%s was stopped after its timeout (exit %d)", what, code)
+        elif code == WORKER_RECYCLED:
+            log.info("%s recycled", what)
         elif code < 0:
             log.warning("%s was killed by %s", what, signal.Signals(-code).name)
         elif code != 0:
@@ -543,7 +622,7 @@ class Supervisor:
         try:
             ctx = self._become_worker(worker_id, slot, old_mask)
             self._job(self._sock, ctx)  # type: ignore[arg-type]
-            status = 0
+            status = WORKER_RECYCLED if ctx.recycled else 0
         except SystemExit as exc:
             status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         except BaseException:
@@ -572,7 +651,7 @@ class Supervisor:
         if max_requests:
             max_requests += random.randint(0, max_requests // 10)
         ctx = WorkerContext(worker_id, self._board, slot, self._timeout, max_requests,
-                            self._pid, wake_r)
+                            self._pid, wake_r, self._max_rss, self._reopen_logs)
 
         def on_stop(signum: int, frame: FrameType | None) -> None:
             ctx.stop("%s received, exiting after the request in progress"
@@ -583,8 +662,12 @@ class Supervisor:
                       worker_id, os.getpid(), _job_stack(frame))
             _exit(WORKER_TIMED_OUT)
 
+        def on_usr1(signum: int, frame: FrameType | None) -> None:
+            ctx.request_reopen()
+
         for signum in _STOP_SIGNALS:
             signal.signal(signum, on_stop)
+        signal.signal(signal.SIGUSR1, on_usr1)
         signal.signal(signal.SIGABRT, on_abort)
         signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)

@@ -163,6 +163,7 @@ def main(args: argparse.Namespace) -> int:
         progress = Progress(sys.stderr, beat=ctx.notify)
         return FrontEnd(catalogue, root_settings, args.assets, asset_dir, progress)
 
-    status = Supervisor(functools.partial(worker_job, make_front), settings).run(listener)
+    status = Supervisor(functools.partial(worker_job, make_front), settings,
+                        reopen_logs=logsetup.reopen).run(listener)
     print("iipy serve: stopped", file=out, flush=True)
     return status

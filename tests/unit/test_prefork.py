@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import socket
 import time
@@ -19,17 +20,18 @@ from typing import Callable
 
 import pytest
 
-from iipy.server.prefork import WORKER_BOOT_ERROR, Supervisor, WorkerContext
+from iipy.server.prefork import WORKER_BOOT_ERROR, Supervisor, WorkerContext, anonymous_rss
 from iipy.settings import Settings
 
 
-def _settings(workers=2, timeout=5.0, max_requests=0) -> Settings:
+def _settings(workers=2, timeout=5.0, max_requests=0, max_rss_mb=0) -> Settings:
     """Real settings; a timeout below IIPY_TIMEOUT's 1 s floor is set directly, to keep
     the hang tests short."""
     settings = Settings.from_environ({
         "IIPY_WORKERS": str(workers),
         "IIPY_TIMEOUT": str(timeout),
         "IIPY_MAX_REQUESTS": str(max_requests),
+        "IIPY_MAX_RSS_MB": str(max_rss_mb),
     })
     return settings.replace(timeout=timeout)
 
@@ -41,7 +43,8 @@ class QuickSupervisor(Supervisor):
 class Master:
     """A forked master process and the events its workers wrote."""
 
-    def __init__(self, tmp_path: Path, job: Callable, settings: Settings) -> None:
+    def __init__(self, tmp_path: Path, job: Callable, settings: Settings,
+                 reopen_logs: Callable[[], None] | None = None) -> None:
         self.events_path = tmp_path / "events"
         self.log_path = tmp_path / "master.log"
         self.status: int | None = None
@@ -57,7 +60,7 @@ class Master:
                 root.handlers[0].setFormatter(
                     logging.Formatter("%(process)d %(levelname)s %(message)s"))
                 root.setLevel(logging.DEBUG)
-                status = QuickSupervisor(job, settings).run(listener)
+                status = QuickSupervisor(job, settings, reopen_logs).run(listener)
             except BaseException:
                 with open(self.log_path, "a") as f:
                     f.write(traceback.format_exc())
@@ -127,8 +130,11 @@ class Master:
 def start(tmp_path):
     masters: list[Master] = []
 
-    def starter(job_factory: Callable[[Path], Callable], **settings) -> Master:
-        master = Master(tmp_path, job_factory(tmp_path / "events"), _settings(**settings))
+    def starter(job_factory: Callable[[Path], Callable], reopen: bool = False,
+                **settings) -> Master:
+        events = tmp_path / "events"
+        reopen_logs = (lambda: _record(events, "reopen")) if reopen else None
+        master = Master(tmp_path, job_factory(events), _settings(**settings), reopen_logs)
         masters.append(master)
         return master
 
@@ -211,6 +217,22 @@ def counting_job(events: Path):
         while ctx.alive:
             ctx.notify()
             _record(events, "request")
+            ctx.request_done()
+            ctx.wait([], timeout=0.02)
+        _record(events, "stop", str(ctx.requests))
+    return job
+
+
+def growing_job(events: Path):
+    """Every "request" keeps 8 MB more of anonymous memory."""
+    def job(sock, ctx):
+        _record(events, "start")
+        ctx.ready()
+        kept = []
+        while ctx.alive:
+            ctx.notify()
+            kept.append(b"\x01" * (8 << 20))
+            _record(events, "request", str(anonymous_rss()))
             ctx.request_done()
             ctx.wait([], timeout=0.02)
         _record(events, "stop", str(ctx.requests))
@@ -317,6 +339,8 @@ def test_max_requests_recycles_workers(start):
     assert [d for ev, pid, d in master.events() if ev == "stop"][:2] == ["3", "3"]
     assert sum(1 for ev, pid, _ in master.events() if ev == "request" and pid == first) == 3
     assert first != second and master.poll() is None
+    assert "worker 1 (pid %d) recycled" % first in master.log()
+    assert "exited with status" not in master.log()
     master.send(signal.SIGTERM)
     assert master.wait_exit()[0] == 0
 
@@ -363,11 +387,49 @@ def test_ttin_ttou_add_and_remove_a_worker(start):
     assert master.wait_exit()[0] == 0
 
 
-def test_sigusr1_is_only_logged(start):
+def test_max_rss_recycles_a_growing_worker_after_its_request(start):
+    limit = (anonymous_rss() >> 20) + 40  # the forked worker starts near the test's size
+    master = start(growing_job, workers=1, max_rss_mb=limit)
+    master.wait_until(lambda: len(master.pids("stop")) >= 2, what="two recycled workers")
+    first = master.pids()[0]
+    sizes = [int(d) for ev, pid, d in master.events() if ev == "request" and pid == first]
+    # (measured just before the worker's own check: allow 1 MB of difference)
+    mb = 1 << 20
+    assert sizes[-1] > (limit - 1) * mb and all(s < (limit + 1) * mb for s in sizes[:-1]), \
+        (limit, sizes)
+    assert len(sizes) >= 3
+    stops = [(pid, d) for ev, pid, d in master.events() if ev == "stop"]
+    assert stops[0] == (first, str(len(sizes)))  # it finished the request that crossed
+    log = master.log()
+    assert re.search(r"worker 1 \(pid %d\): resident memory \d+\.\d MB is above the limit "
+                     r"of %d MB, recycling" % (first, limit), log), log
+    assert "worker 1 (pid %d) recycled" % first in log
+    assert "exited with status" not in log and "killed" not in log
+    assert master.poll() is None
+    master.send(signal.SIGTERM)
+    assert master.wait_exit()[0] == 0
+
+
+def test_sigusr1_reopens_the_logs_in_the_master_and_every_worker(start):
+    master = start(idle_job, reopen=True, workers=2)
+    master.wait_until(lambda: len(master.pids()) == 2, what="2 workers")
+    master.send(signal.SIGUSR1)
+    expected = {master.pid, *master.pids()}
+    master.wait_until(lambda: set(master.pids("reopen")) == expected, what="3 reopens")
+    assert "SIGUSR1 received: log files reopened" in master.log()
+    master.send(signal.SIGUSR1)
+    master.wait_until(lambda: len(master.pids("reopen")) == 6, what="3 more reopens")
+    time.sleep(0.2)
+    assert master.poll() is None and len(master.pids()) == 2 and not master.pids("stop")
+    master.send(signal.SIGTERM)
+    assert master.wait_exit()[0] == 0
+
+
+def test_sigusr1_without_log_files_is_logged(start):
     master = start(idle_job, workers=1)
     master.wait_until(lambda: len(master.pids()) == 1, what="a worker")
     master.send(signal.SIGUSR1)
-    master.wait_until(lambda: "SIGUSR1" in master.log(), what="the log line")
+    master.wait_until(lambda: "SIGUSR1 received (no log file" in master.log(), what="the line")
     time.sleep(0.2)
     assert master.poll() is None and len(master.pids()) == 1 and not master.pids("stop")
     master.send(signal.SIGTERM)
