@@ -11,8 +11,18 @@ bytes: the handler returns the complete CGI output and this module frames it.
 A request is handled like libfcgi (and so iipsrv) does it:
 
 * it runs as soon as its FCGI_PARAMS stream is complete (decoded as a whole: flup
-  decodes record by record and fails on a pair that spans two records);
-  FCGI_STDIN is read and discarded (iipsrv never reads a request body);
+  decodes record by record and fails on a pair that spans two records) and the
+  records of the same request already received behind it (FCGI_STDIN, an
+  FCGI_ABORT_REQUEST) are handled; FCGI_STDIN is read and discarded (iipsrv never
+  reads a request body);
+* a request the web server has given up on is skipped, never run: one followed by
+  FCGI_ABORT_REQUEST, or one whose connection the web server has already closed
+  (nginx closes the upstream connection when its client goes away; a user panning
+  fast leaves many such tile requests waiting in the backlog or behind a busy
+  worker).  Just before a request runs, the connection is polled for POLLRDHUP
+  (the peer's FIN, even with unread data) and POLLHUP/POLLERR (a reset): no system
+  call beyond that one ``poll``.  Skipped requests are logged at debug level and
+  counted (``WorkerContext.abandoned``);
 * the response goes out as FCGI_STDOUT records of at most 65528 bytes, the empty
   FCGI_STDOUT record and FCGI_END_REQUEST (appStatus 0, FCGI_REQUEST_COMPLETE),
   all in one ``sendall``; nothing is ever written to FCGI_STDERR;
@@ -45,7 +55,7 @@ from typing import Any, Callable, NoReturn
 
 from flup.server import fcgi_base as flup
 
-from iipy.server import metrics, sockets
+from iipy.server import logsetup, metrics, sockets
 from iipy.server.cgi import INTERNAL_ERROR
 from iipy.server.prefork import Supervisor, WorkerContext
 from iipy.settings import atoi
@@ -75,6 +85,10 @@ CAPABILITIES = {b"FCGI_MAX_CONNS": 1, b"FCGI_MAX_REQS": 1, b"FCGI_MPXS_CONNS": 0
 
 _HEADER = struct.Struct(flup.FCGI_Header)
 _PADDING = bytes(8)
+#: Records of a request that may follow its FCGI_PARAMS stream.
+_FOLLOWERS = frozenset((flup.FCGI_STDIN, flup.FCGI_DATA, flup.FCGI_ABORT_REQUEST))
+#: poll() events meaning the peer has closed the connection or reset it.
+_GONE = select.POLLRDHUP | select.POLLHUP | select.POLLERR
 
 
 # ---- the listening socket ------------------------------------------------------------
@@ -169,6 +183,8 @@ class _BufferedSocket:
 
     __slots__ = ("_sock", "_buf", "_pos", "error")
 
+    _header = _HEADER
+
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._buf = b""
@@ -179,6 +195,18 @@ class _BufferedSocket:
     @property
     def buffered(self) -> int:
         return len(self._buf) - self._pos
+
+    def next_record(self) -> tuple[int, int] | None:
+        """(type, request id) of the next record if it is wholly buffered (so that
+        reading it makes no system call), else None."""
+        available = len(self._buf) - self._pos
+        if available < self._header.size:
+            return None
+        _, rec_type, request_id, length, padding = self._header.unpack_from(self._buf,
+                                                                            self._pos)
+        if available < self._header.size + length + padding:
+            return None
+        return rec_type, request_id
 
     def fileno(self) -> int:
         return self._sock.fileno()
@@ -249,6 +277,14 @@ class _Responder:
         #: This worker's metrics (e.g. ``recorder.abandoned()``).
         self.recorder = recorder if recorder is not None else metrics.NullRecorder()
 
+    def skip(self, params: dict[str, str], why: str) -> None:
+        """Count and log a request the web server gave up on before it started."""
+        self.ctx.request_abandoned()
+        self.recorder.abandoned()
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("skipped a request abandoned by the web server (%s; %d so far): %r",
+                      why, self.ctx.abandoned, params.get("QUERY_STRING", "")[:200])
+
     def respond(self, params: dict[str, str]) -> bytes:
         """The handler's CGI output, or the generic 500 if it raises (logged once)."""
         self.ctx.notify()
@@ -269,8 +305,9 @@ class _Connection(flup.Connection):  # type: ignore[misc]  # flup has no type hi
     routes STDIN/DATA, answers GET_VALUES and unknown management records, and
     decides in ``end_request`` whether the connection is kept (FCGI_KEEP_CONN).
     This class reads the records through a buffer, collects PARAMS before decoding
-    them, runs each request inline, and sends the records flup writes in one
-    ``sendall`` per request.
+    them, runs each request inline once the records buffered behind its PARAMS are
+    handled (unless the web server has abandoned it), and sends the records flup
+    writes in one ``sendall`` per request.
     """
 
     _inputStreamClass = _DiscardedInput
@@ -293,6 +330,8 @@ class _Connection(flup.Connection):  # type: ignore[misc]  # flup has no type hi
         self._keepGoing = True
         self._reader = _BufferedSocket(sock)
         self._pending: list[bytes | memoryview] = []
+        #: A request whose parameters are complete, waiting for the records behind them.
+        self._ready: _Request | None = None
 
     def fileno(self) -> int:
         return self.fd
@@ -324,6 +363,8 @@ class _Connection(flup.Connection):  # type: ignore[misc]  # flup has no type hi
                 rec.read(self._reader)
                 self._fresh = False
                 self._handle(rec)
+                if self._ready is not None and not self._follows_ready():
+                    self._run_ready()
                 if not self._requests and not self._reader.buffered:
                     return
         except EOFError:
@@ -370,14 +411,44 @@ class _Connection(flup.Connection):  # type: ignore[misc]  # flup has no type hi
             # CGI parameters are bytes; surrogate escapes keep every byte (a raw UTF-8
             # path in QUERY_STRING round-trips to the file system unchanged)
             req.params[name.decode("latin-1")] = value.decode("utf-8", "surrogateescape")
-        self._start_request(req)
+        self._ready = req
 
     def _do_abort_request(self, inrec: Any) -> None:
-        """Requests run as soon as their parameters are complete, so an abort can only
-        concern one still receiving them: end it without running it."""
+        """FCGI_ABORT_REQUEST for a request not started yet (still receiving its
+        parameters, or complete with the abort right behind them): end it unrun."""
         req = self._requests.get(inrec.requestId)
         if req is not None:
+            if self._ready is req:
+                self._ready = None
+            self.server.skip(req.params, "FCGI_ABORT_REQUEST")
             self.end_request(req)
+
+    def _follows_ready(self) -> bool:
+        """Whether the next record is buffered and belongs to the request about to run
+        (its FCGI_STDIN, FCGI_DATA or an FCGI_ABORT_REQUEST): handle it first."""
+        assert self._ready is not None
+        nxt = self._reader.next_record()
+        return nxt is not None and nxt[1] == self._ready.requestId and nxt[0] in _FOLLOWERS
+
+    def _run_ready(self) -> None:
+        """Run the request whose parameters are complete, unless its peer is gone."""
+        req, self._ready = self._ready, None
+        if self.peer_gone():
+            self.server.skip(req.params, "connection closed")
+            self.close(linger=False)
+            return
+        self._start_request(req)
+
+    def peer_gone(self) -> bool:
+        """Whether the web server has closed the connection (FIN or reset received).
+
+        POLLRDHUP is reported as soon as the peer's FIN has arrived, even while the
+        request's own bytes are still unread; no web server half-closes a FastCGI
+        connection it still expects an answer on.
+        """
+        poller = select.poll()
+        poller.register(self.fd, _GONE)
+        return any(events & _GONE for _, events in poller.poll(0))
 
     def _start_request(self, req: _Request) -> None:
         """Called by flup once the request's FCGI_PARAMS stream is complete."""
@@ -558,10 +629,11 @@ def serve(handler_factory: HandlerFactory, settings: Any, sock: socket.socket) -
     With ``settings.metrics_bind`` the master also serves ``/metrics`` and
     ``/healthz`` there (:mod:`iipy.server.metrics`); if that address cannot be bound,
     ``metrics: <reason>`` goes to stderr and the process exits with status 1.
+    SIGUSR1 reopens LOGFILE in the master and in every worker.
     """
     board = metrics.MetricsBoard(Supervisor.capacity) if settings.metrics_bind else None
     job = functools.partial(_worker_job, handler_factory, settings, board)
-    supervisor = Supervisor(job, settings)
+    supervisor = Supervisor(job, settings, reopen_logs=logsetup.reopen)
     exporter = None
     if board is not None:
         try:

@@ -10,8 +10,10 @@ drives iipy's connection class over a socketpair, in-process.
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 import socket
 import struct
+import threading
 
 import pytest
 from flup.server import fcgi_base as flup
@@ -341,6 +343,7 @@ def test_flup_request_run_would_send_traceback_to_stderr():
 class _Ctx:
     def __init__(self):
         self.requests = 0
+        self.abandoned = 0
         self.beats = 0
 
     def notify(self):
@@ -349,31 +352,54 @@ class _Ctx:
     def request_done(self):
         self.requests += 1
 
+    def request_abandoned(self):
+        self.abandoned += 1
 
-def _serve_pair(handler, client_bytes: bytes, *, close_client=True):
-    """Feed ``client_bytes`` to an iipy connection; return (all server output, ctx)."""
+
+def _serve_pair(handler, client_bytes: bytes, *, hang_up_first=False):
+    """Feed ``client_bytes`` to an iipy connection; return (all server output, ctx).
+
+    Like a web server, the client reads the answers and closes its side when the
+    server closes its own, or once the server has read everything (kept connections);
+    with ``hang_up_first`` it closes its sending side right after sending, as a web
+    server whose client went away.
+    """
     ours, theirs = socket.socketpair()
     ctx = _Ctx()
     conn = fcgi._Connection(ours, "", fcgi._Responder(handler, ctx))
+    out = bytearray()
+
+    def read_answers():
+        try:
+            while chunk := theirs.recv(65536):
+                out.extend(chunk)
+        except OSError:
+            pass
+        _hang_up(theirs)
+
     theirs.sendall(client_bytes)
-    if close_client:
-        theirs.shutdown(socket.SHUT_WR)
+    if hang_up_first:
+        _hang_up(theirs)
+    reader = threading.Thread(target=read_answers)
+    reader.start()
     ours.settimeout(2)
-    while not conn.closed:
+    while not conn.closed and conn.has_input():
         conn.pump()
-        if not close_client and not conn._reader.buffered:
-            break
-    theirs.settimeout(2)
-    out = b""
-    try:
-        while chunk := theirs.recv(65536):
-            out += chunk
-    except TimeoutError:
-        pass
-    theirs.close()
+    _hang_up(theirs)
+    while not conn.closed and conn.wait_input(2):
+        conn.pump()
     if not conn.closed:
         conn.close(linger=False)
-    return out, ctx
+    reader.join(5)
+    theirs.close()
+    return bytes(out), ctx
+
+
+def _hang_up(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
 
 
 def _records(data: bytes) -> list[fc.Record]:
@@ -452,6 +478,86 @@ def test_iipy_connection_closes_on_malformed_params(caplog):
     out, ctx = _serve_pair(lambda p: b"unused", data)
     assert out == b"" and ctx.requests == 0
     assert "invalid FastCGI data" in caplog.text
+
+
+def _echo(seen):
+    def handler(params):
+        seen.append(params["QUERY_STRING"])
+        return b"Content-Type: text/plain\r\n\r\n" + params["QUERY_STRING"].encode()
+    return handler
+
+
+def test_iipy_connection_skips_a_request_whose_web_server_hung_up(caplog):
+    """A request followed by the end of the connection (nginx closing the upstream
+    connection when its client went away) is never run: no handler call, no answer."""
+    caplog.set_level(logging.DEBUG, logger="iipy.server.fcgi")
+    seen = []
+    out, ctx = _serve_pair(_echo(seen), fc.request_bytes({"QUERY_STRING": "gone"}),
+                           hang_up_first=True)
+    assert seen == [] and out == b""
+    assert (ctx.abandoned, ctx.requests) == (1, 0)
+    assert "skipped a request abandoned by the web server (connection closed; 1 so far): " \
+           "'gone'" in caplog.text
+
+
+def test_iipy_connection_skips_an_aborted_request_and_serves_the_next():
+    """FCGI_ABORT_REQUEST right behind the parameters: END_REQUEST without output, the
+    kept connection serves the next request."""
+    seen = []
+    data = (fc.request_bytes({"QUERY_STRING": "aborted"}, keep_conn=True)
+            + fc.record(fc.ABORT_REQUEST, 1)
+            + fc.request_bytes({"QUERY_STRING": "next"}, keep_conn=True))
+    out, ctx = _serve_pair(_echo(seen), data)
+    assert seen == ["next"]
+    assert [(r.type, r.content) for r in _records(out)] == [
+        (fc.END_REQUEST, bytes(8)),
+        (fc.STDOUT, b"Content-Type: text/plain\r\n\r\nnext"), (fc.STDOUT, b""),
+        (fc.END_REQUEST, bytes(8)),
+    ]
+    assert (ctx.abandoned, ctx.requests) == (1, 1)
+
+
+def test_iipy_connection_skips_a_request_aborted_before_its_parameters_ended():
+    seen = []
+    params = fc.encode_params({"QUERY_STRING": "partial"})
+    data = (fc.begin_request(1) + fc.record(fc.PARAMS, 1, params)
+            + fc.record(fc.ABORT_REQUEST, 1))
+    out, ctx = _serve_pair(_echo(seen), data)
+    assert seen == []
+    assert [(r.type, r.content) for r in _records(out)] == [(fc.END_REQUEST, bytes(8))]
+    assert (ctx.abandoned, ctx.requests) == (1, 0)
+
+
+def test_iipy_connection_runs_pipelined_requests_in_order():
+    """Requests sent back to back on a kept connection all run, in order (the records
+    of the next request are not read before the current one has run)."""
+    seen = []
+    data = b"".join(fc.request_bytes({"QUERY_STRING": "q%d" % i}, keep_conn=True)
+                    for i in range(5))
+    out, ctx = _serve_pair(_echo(seen), data)
+    assert seen == ["q0", "q1", "q2", "q3", "q4"]
+    assert [r.type for r in _records(out)].count(fc.END_REQUEST) == 5
+    assert (ctx.abandoned, ctx.requests) == (0, 5)
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["fin", "reset"])
+def test_iipy_connection_over_tcp_sees_a_closed_or_reset_peer(reset):
+    """Over TCP the request bytes stay readable after the peer's FIN or reset; the
+    connection still notices the peer is gone before running the request."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    ours, _ = listener.accept()
+    listener.close()
+    client.sendall(fc.request_bytes({"QUERY_STRING": "gone"}))
+    if reset:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()
+    ctx, seen = _Ctx(), []
+    conn = fcgi._Connection(ours, ("127.0.0.1", 1), fcgi._Responder(_echo(seen), ctx))
+    ours.settimeout(2)
+    assert conn.wait_input(2)
+    conn.pump()
+    assert conn.closed and seen == [] and (ctx.abandoned, ctx.requests) == (1, 0)
 
 
 def test_worker_gives_the_handler_its_heartbeat():
