@@ -10,10 +10,13 @@ does, with a trivial handler whose answer depends on QUERY_STRING:
                    starts, so a test knows the request is in progress)
 ``boom``           raises, to check the generic 500
 ``big=N``          an N-byte body
+``grow=N``         keeps N MB more of anonymous memory for the worker's lifetime
+``mark=NAME``      touches ``$MARK_DIR/NAME`` (so a test knows it ran), then as below
 anything else      ``FIXED`` + the query string
 =================  ==========================================================
 
-``BOOT_FAIL=1`` in the environment makes the handler factory raise.
+``BOOT_FAIL=1`` in the environment makes the handler factory raise; ``LOG_LEVEL``
+(default INFO) is the level of the log on standard error.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ _SERVER_VARIABLES = frozenset(s.env for s in SETTINGS)
 
 SERVER_CODE = r'''
 import logging, os, sys, time
-logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), stream=sys.stderr,
                     format="%(process)d %(levelname)s %(name)s: %(message)s")
 from iipy.server import fcgi
 from iipy.settings import Settings
@@ -47,6 +50,7 @@ def factory():
     if os.environ.get("BOOT_FAIL"):
         raise RuntimeError("handler factory failed")
     mark_dir = os.environ.get("MARK_DIR")
+    kept = []
 
     def handler(params):
         qs = params.get("QUERY_STRING", "")
@@ -61,7 +65,12 @@ def factory():
             body = b"slept " + qs[6:].encode()
         elif qs.startswith("big="):
             body = bytes(i % 251 for i in range(int(qs[4:])))
+        elif qs.startswith("grow="):
+            kept.append(b"\x01" * (int(qs[5:]) << 20))
+            body = b"grew " + qs[5:].encode()
         else:
+            if qs.startswith("mark=") and mark_dir:
+                open(os.path.join(mark_dir, qs[5:]), "w").close()
             body = b"FIXED " + qs.encode("utf-8", "surrogateescape")
         return (b"Server: test\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n"
                 % len(body)) + body

@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import stat
+import struct
 import subprocess
 import sys
 import threading
@@ -376,3 +377,82 @@ def test_max_requests_recycles_workers_without_failures(start):
     pids = [fc.split_cgi(client.request({"QUERY_STRING": "pid"}))[1] for _ in range(16)]
     assert len(set(pids)) >= 3  # 5 requests each (jitter is 0 below 10)
     assert all(pids.count(p) <= 5 for p in set(pids))
+
+
+def test_max_requests_recycling_is_logged_as_such(start):
+    server, address = tcp(start, IIPY_WORKERS="1", IIPY_MAX_REQUESTS="3")
+    client = fc.FCGIClient(address)
+    pids = [fc.split_cgi(client.request({"QUERY_STRING": "pid"}))[1] for _ in range(4)]
+    assert pids[0] == pids[1] == pids[2] != pids[3]
+    wait_until(lambda: "recycled" in server.log(), what="the recycled line", proc=server.proc)
+    log = server.log()
+    assert "served 3 requests, recycling" in log
+    assert "worker 1 (pid %s) recycled" % pids[0].decode() in log
+    assert "exited with status" not in log and "killed" not in log
+
+
+def test_max_rss_recycles_a_grown_worker_after_answering(start):
+    """A request that leaves the worker above IIPY_MAX_RSS_MB is answered in full; the
+    worker then exits by itself and a fresh one takes the next request."""
+    server, address = tcp(start, IIPY_WORKERS="1", IIPY_MAX_RSS_MB="80")
+    client = fc.FCGIClient(address)
+    first = fc.split_cgi(client.request({"QUERY_STRING": "pid"}))[1]
+    assert fc.split_cgi(client.request({"QUERY_STRING": "grow=30"}))[1] == b"grew 30"
+    assert fc.split_cgi(client.request({"QUERY_STRING": "pid"}))[1] == first  # below
+    assert fc.split_cgi(client.request({"QUERY_STRING": "grow=60"}))[1] == b"grew 60"
+    second = fc.split_cgi(client.request({"QUERY_STRING": "pid"}))[1]
+    assert second != first
+    assert fc.split_cgi(client.request({"QUERY_STRING": "pid"}))[1] == second
+    wait_until(lambda: "recycled" in server.log(), what="the recycled line", proc=server.proc)
+    log = server.log()
+    assert "is above the limit of 80 MB, recycling" in log
+    assert "worker 1 (pid %s) recycled" % first.decode() in log
+    assert "exited with status" not in log and "killed" not in log
+    assert server.workers() == {int(second)}
+
+
+def _send_and_hang_up(sock: socket.socket, query: str, *, reset: bool = False,
+                      keep_conn: bool = False) -> None:
+    sock.sendall(fc.request_bytes({"QUERY_STRING": query}, keep_conn=keep_conn))
+    if reset:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def test_requests_abandoned_while_waiting_are_not_run(start, tmp_path):
+    """Requests whose web server hung up (FIN or reset) while they waited, in the backlog
+    or on a connection the busy worker holds, never reach the handler; the others do.
+
+    The worker is held still with SIGSTOP (as if busy on a long request), so what waits
+    where does not depend on timing."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    server, address = tcp(start, IIPY_WORKERS="1", MARK_DIR=str(marks), LOG_LEVEL="DEBUG")
+    (worker,) = server.wait_workers(1)
+    held = [fc.FCGIClient(address) for _ in range(3)]  # connections the worker holds
+    for client in held:
+        client.request({"QUERY_STRING": "warm"}, keep_conn=True)
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        _send_and_hang_up(held[0].sock, "mark=held-fin", keep_conn=True)
+        _send_and_hang_up(held[1].sock, "mark=held-reset", keep_conn=True, reset=True)
+        held[2].sock.sendall(fc.request_bytes({"QUERY_STRING": "mark=held-kept"}, keep_conn=True))
+        for name, reset in (("new-fin-1", False), ("new-fin-2", False), ("new-reset", True)):
+            _send_and_hang_up(socket.create_connection(address), "mark=" + name, reset=reset)
+        kept = fc.FCGIClient(address)
+        kept.connect().sendall(fc.request_bytes({"QUERY_STRING": "mark=new-kept"}))
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    assert fc.split_cgi(held[2].read_response().stdout)[1] == b"FIXED mark=held-kept"
+    assert fc.split_cgi(kept.read_response().stdout)[1] == b"FIXED mark=new-kept"
+    wait_until(lambda: server.log().count("skipped a request abandoned") >= 5,
+               what="the skipped requests", proc=server.proc)
+    assert sorted(os.listdir(marks)) == ["held-kept", "new-kept"]
+    skipped = [line for line in server.log().splitlines() if "skipped a request" in line]
+    assert sorted(line.rsplit(": ", 1)[1] for line in skipped) == [
+        "'mark=held-fin'", "'mark=held-reset'", "'mark=new-fin-1'", "'mark=new-fin-2'",
+        "'mark=new-reset'"]
+    assert all("(connection closed;" in line for line in skipped)
+    assert "Traceback" not in server.log()
+    held[2].close()
+    kept.close()
