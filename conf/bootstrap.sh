@@ -4,8 +4,9 @@
 #  - system packages (apt-get, as root or through sudo): the web servers and tools the
 #    end-to-end tests and the demo run for real, the reference iipsrv 1.1, Chromium for
 #    the browser tests, vips and STIFF (the TIFF tests convert their images with them;
-#    STIFF is also the reference of the default display range),
-#    and Node.js with npm (if no node 18 or later is installed);
+#    STIFF is also the reference of the default display range), logrotate (the test
+#    of conf/iipy.logrotate), and Node.js with npm (if no node 18 or later is
+#    installed);
 #  - a virtual environment in .venv with iipy installed in editable mode (this builds
 #    the Cython extension) and the test requirements;
 #  - the npm packages of the browser tests (playwright-core, Leaflet) in
@@ -18,7 +19,7 @@ VENV="$IIPY_ROOT/.venv"
 
 APT_PACKAGES=(python3-venv python3-dev gcc nginx spawn-fcgi memcached apache2
               libapache2-mod-fcgid lighttpd iipimage-server wrk chromium
-              libvips-tools stiff)
+              libvips-tools stiff logrotate)
 #: Installed only when no Node.js 18 or later with npm is found (it may come from elsewhere).
 NODE_PACKAGES=(nodejs npm)
 BROWSER_DIR="$IIPY_ROOT/tests/e2e/browser"
