@@ -279,10 +279,15 @@ def replay_once(port: int, location: str, paths: list[str], connections: int
 
 
 class Servers:
-    """iipy and iipsrv 1.1 (``procs`` processes each) behind one nginx."""
+    """iipy and iipsrv 1.1 (``procs`` processes each) behind one nginx.
 
-    def __init__(self, work: Path, procs: int, run: str, iipy_env: dict | None = None):
-        """``iipy_env``: more variables for iipy (e.g. CODEC_PASSTHROUGH)."""
+    ``iipy_env`` adds to or overrides iipy's environment (e.g. CODEC_PASSTHROUGH,
+    VERBOSITY); ``iipsrv=False`` starts iipy alone (its location only).  ``iipy_pid``
+    is iipy's master.
+    """
+
+    def __init__(self, work: Path, procs: int, run: str,
+                 iipy_env: dict[str, str] | None = None, iipsrv: bool = True):
         self.work, self.procs = work, procs
         self.run = work / run
         self.run.mkdir()
@@ -299,7 +304,8 @@ class Servers:
         self._spawn(pin + [exe, "--bind", "127.0.0.1:%d" % iipy_port],
                     dict(env, IIPY_WORKERS=str(procs), IIPY_CACHE_DIR=str(self.run / "pyr"),
                          MEMCACHED_SERVERS="", **(iipy_env or {})))
-        iipsrv_ports = [free_port() for _ in range(procs)]
+        self.iipy_pid = self.children[-1].pid
+        iipsrv_ports = [free_port() for _ in range(procs)] if iipsrv else []
         for port in iipsrv_ports:
             self._spawn(pin + [IIPSRV, "--bind", "127.0.0.1:%d" % port],
                         dict(env, OMP_NUM_THREADS="1", MEMCACHED_SERVERS="127.0.0.1:1"))
@@ -307,7 +313,8 @@ class Servers:
         conf = self.run / "nginx.conf"
         conf.write_text(NGINX_CONF.format(
             work=self.run, port=self.port, iipy_servers="server 127.0.0.1:%d;" % iipy_port,
-            iipsrv_servers=" ".join("server 127.0.0.1:%d;" % p for p in iipsrv_ports)))
+            iipsrv_servers=" ".join("server 127.0.0.1:%d;" % p for p in iipsrv_ports)
+            or "server 127.0.0.1:1 down;"))
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
         cmd = [nginx, "-c", str(conf), "-p", str(self.run)]
         if os.geteuid() == 0:
@@ -317,7 +324,7 @@ class Servers:
             wait_port(port)
         # "cold" means a fresh image, not processes still starting: wait until every
         # worker answers (the listening socket is open before the workers are forked)
-        for location in ("iipy", "iipsrv"):
+        for location in ("iipy", "iipsrv") if iipsrv else ("iipy",):
             replay_once(self.port, location, ["?obj=IIP,1.0"] * (8 * procs), 2 * procs)
 
     def _spawn(self, cmd: list[str], env: dict | None) -> None:
