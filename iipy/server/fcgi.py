@@ -183,8 +183,6 @@ class _BufferedSocket:
 
     __slots__ = ("_sock", "_buf", "_pos", "error")
 
-    _header = _HEADER
-
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._buf = b""
@@ -200,11 +198,10 @@ class _BufferedSocket:
         """(type, request id) of the next record if it is wholly buffered (so that
         reading it makes no system call), else None."""
         available = len(self._buf) - self._pos
-        if available < self._header.size:
+        if available < _HEADER.size:
             return None
-        _, rec_type, request_id, length, padding = self._header.unpack_from(self._buf,
-                                                                            self._pos)
-        if available < self._header.size + length + padding:
+        _, rec_type, request_id, length, padding = _HEADER.unpack_from(self._buf, self._pos)
+        if available < _HEADER.size + length + padding:
             return None
         return rec_type, request_id
 
@@ -451,7 +448,7 @@ class _Connection(flup.Connection):  # type: ignore[misc]  # flup has no type hi
         return any(events & _GONE for _, events in poller.poll(0))
 
     def _start_request(self, req: _Request) -> None:
-        """Called by flup once the request's FCGI_PARAMS stream is complete."""
+        """Run a request (its FCGI_PARAMS stream is complete) and queue its answer."""
         responder: _Responder = self.server
         if req.role != flup.FCGI_RESPONDER:
             self.end_request(req, 0, flup.FCGI_UNKNOWN_ROLE)

@@ -103,16 +103,16 @@ class _Pollable(Protocol):
 Job = Callable[[socket.socket, "WorkerContext"], None]
 
 
-def anonymous_rss(pid: int | str = "self") -> int:
-    """Resident memory of a process that is not backed by a file, in bytes (0 if unknown).
+def anonymous_rss() -> int:
+    """This process's resident memory not backed by a file, in bytes (0 if unknown).
 
-    ``resident - shared`` of ``/proc/PID/statm``, i.e. RssAnon: the heap, arrays and
+    ``resident - shared`` of ``/proc/self/statm``, i.e. RssAnon: the heap, arrays and
     the pages still shared copy-on-write with the master.  Pages of memory-mapped
     files (FITS data, pyramid levels, libraries) are left out: they are the kernel's
     page cache, shared by every worker and reclaimable, not the worker's growth.
     """
     try:
-        with open("/proc/%s/statm" % pid, "rb") as f:
+        with open("/proc/self/statm", "rb") as f:
             fields = f.read().split()
         return max(0, int(fields[1]) - int(fields[2])) * _PAGE_SIZE
     except (OSError, IndexError, ValueError):
@@ -342,7 +342,7 @@ class Supervisor:
         self._target = max(1, int(settings.workers))
         self._timeout = float(settings.timeout)
         self._max_requests = max(0, int(settings.max_requests))
-        self._max_rss = max(0, int(getattr(settings, "max_rss_mb", 0))) << 20
+        self._max_rss = max(0, int(settings.max_rss_mb)) << 20
         self._reopen_logs = reopen_logs
         self._workers: dict[int, _WorkerRecord] = {}
         self._signals: collections.deque[int] = collections.deque()
