@@ -676,13 +676,14 @@ class Supervisor:
 
 def _exit_kind(worker: _WorkerRecord, code: int, stopping: bool) -> str:
     """How a worker's exit is counted: ``timed_out`` (killed by the master for its
-    timeout), ``recycled`` (asked to go, or its max-requests quota used up: status 0),
-    ``stopped`` (server shutdown), ``died`` (anything else)."""
+    timeout), ``recycled`` (asked to go: status 0; or retired by itself, its quota of
+    requests or memory used up: :data:`WORKER_RECYCLED`), ``stopped`` (server
+    shutdown), ``died`` (anything else)."""
     if worker.aborted_at is not None:
         return "timed_out"
     if stopping and code != WORKER_BOOT_ERROR:
         return "stopped"
-    if worker.retiring or code == 0:
+    if worker.retiring or code in (0, WORKER_RECYCLED):
         return "recycled"
     return "died"
 

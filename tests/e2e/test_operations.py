@@ -28,7 +28,8 @@ import pytest
 from PIL import Image
 
 from tests.e2e._proc import child_pids
-from tests.e2e.conftest import REPO_ROOT, ServerProcess, require_executable
+from tests.e2e.conftest import (HOST, REPO_ROOT, ServerProcess, free_port, http_get,
+                                require_executable)
 from tests.fcgiclient import FCGIClient, split_cgi
 
 pytestmark = pytest.mark.e2e
@@ -63,6 +64,15 @@ def _request_lines(text: str) -> list[str]:
 
 def _workers(server: ServerProcess) -> set[int]:
     return child_pids(server.proc.pid)
+
+
+def _metrics(port: int) -> dict[str, float]:
+    """The master's ``/metrics`` (IIPY_METRICS_BIND) as ``{"name{labels}": value}``."""
+    status, _, body = http_get(f"http://{HOST}:{port}/metrics", timeout=5.0)
+    assert status == 200
+    pairs = (line.rpartition(" ") for line in body.decode().splitlines()
+             if line and not line.startswith("#"))
+    return {key: float(value) for key, _, value in pairs}
 
 
 # --------------------------------------------------------------------------- logrotate
@@ -138,7 +148,8 @@ def test_logrotate_snippet_rotates_the_log_of_a_running_server(iipy_server, tmp_
 def test_max_rss_recycles_workers_and_requests_keep_succeeding(iipy_server):
     """IIPY_MAX_RSS_MB=1 is below any worker: each one is recycled after its first
     request, answered in full, and a fresh worker takes the next one."""
-    server = iipy_server(IIPY_WORKERS=1, IIPY_MAX_RSS_MB=1)
+    port = free_port()
+    server = iipy_server(IIPY_WORKERS=1, IIPY_MAX_RSS_MB=1, IIPY_METRICS_BIND=f"{HOST}:{port}")
     client = FCGIClient(server.address)
     for i in range(4):
         _tile(client, TILE % i)
@@ -149,6 +160,8 @@ def test_max_rss_recycles_workers_and_requests_keep_succeeding(iipy_server):
     assert "below the master's own resident memory" in text
     assert len(re.findall(r"is above the limit of 1 MB, recycling", text)) >= 4
     assert not re.search(r"exited with status|was killed|crashed", text)
+    m = _metrics(port)
+    assert (m["iipy_worker_recycles_total"], m["iipy_worker_deaths_total"]) == (4, 0)
 
 
 # --------------------------------------------------------------------------- abandoned requests
@@ -176,7 +189,9 @@ def test_requests_abandoned_by_clients_are_not_rendered(iipy_server, nginx, keep
     """A pan burst through nginx while the only worker is busy (held by SIGSTOP, so that
     nothing depends on timing): 16 tile requests reach iipy, 12 clients go away, nginx
     closes their upstream connections (499), and the worker renders only the 4 kept."""
-    server = iipy_server(IIPY_WORKERS=1, VERBOSITY=3, MAX_IMAGE_CACHE_SIZE=0)
+    port = free_port()
+    server = iipy_server(IIPY_WORKERS=1, VERBOSITY=3, MAX_IMAGE_CACHE_SIZE=0,
+                         IIPY_METRICS_BIND=f"{HOST}:{port}")
     url = nginx(server, keepalive=keepalive)
     (worker,) = _wait(lambda: _workers(server), "the worker")
     warm = [threading.Thread(target=lambda i=i: _http_ok(url.port, TILE % (40 + i)))
@@ -215,6 +230,7 @@ def test_requests_abandoned_by_clients_are_not_rendered(iipy_server, nginx, keep
                          r"\d+ so far\): '([^']*)'", text)
     assert sorted(rendered) == sorted(burst[i] for i in kept)
     assert sorted(skipped) == sorted(q for i, q in enumerate(burst) if i not in kept)
+    assert _metrics(port)["iipy_requests_abandoned_total"] == 12
 
 
 def _http_ok(port: int, query: str) -> None:
