@@ -575,6 +575,8 @@ def test_worker_gives_the_handler_its_heartbeat():
         pass
 
     class Ctx:
+        slot = 0
+
         def notify(self):
             pass
 
@@ -583,5 +585,5 @@ def test_worker_gives_the_handler_its_heartbeat():
 
     handler, ctx = Handler(), Ctx()
     with pytest.raises(Ready):
-        fcgi._worker_job(lambda: handler, None, None, ctx)
+        fcgi._worker_job(lambda: handler, None, None, None, ctx)  # no metrics board
     assert handler.heartbeat == ctx.notify
