@@ -108,6 +108,7 @@ def output_settings(settings: Settings) -> tuple:
         ("allow_upscaling", settings.allow_upscaling),
         ("interpolation", settings.interpolation),
         ("base_url", settings.base_url),
+        ("codec_passthrough", settings.codec_passthrough),
         ("watermark", settings.watermark, settings.watermark_probability,
          settings.watermark_opacity),
     )
