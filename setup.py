@@ -17,7 +17,8 @@ extensions = [
 setup(
     name="iipy",
     version="0.1.0",
-    description="A FastCGI IIP image server for FITS files, drop-in for iipsrv",
+    description=("A FastCGI image server for FITS and pyramidal TIFF files (IIP, IIIF, "
+                 "DeepZoom, Zoomify), drop-in for iipsrv"),
     long_description=open("README.rst", encoding="utf-8").read(),
     long_description_content_type="text/x-rst",
     license="GPL-3.0-or-later",

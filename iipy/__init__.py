@@ -1,4 +1,5 @@
-"""iipy: an IIP image server for FITS files, a drop-in replacement for iipsrv.
+"""iipy: an image server for FITS and pyramidal TIFF files (IIP, IIIF, DeepZoom, Zoomify), a
+drop-in replacement for iipsrv.
 
 ``iipy.show(path, ...)`` shows a FITS file in a Jupyter notebook (``iipy.viewer.notebook``);
 it is imported on first use, so that ``import iipy`` stays cheap.

@@ -165,7 +165,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="iipy", description="IIP image server for FITS files")
+    parser = argparse.ArgumentParser(
+        prog="iipy", description="image server for FITS and pyramidal TIFF files "
+        "(IIP, IIIF, DeepZoom, Zoomify)")
     parser.add_argument("--version", action="version", version="iipy " + __version__)
     sub = parser.add_subparsers(dest="command")
     from iipy.viewer.command import add_arguments as serve_arguments
