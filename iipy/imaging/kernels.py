@@ -11,7 +11,8 @@ The render pipeline is the ASTRO order of the IIP protocol, computed in float32:
 1. CNT=st only: each channel's range narrowed to the first and last non-empty levels of the
    histogram (see :func:`histogram`);
 2. normalise with the per-channel range (non-finite samples give 0);
-3. CTW, then band flattening (2 channels -> channel 0, more than 3 -> channels 0-2);
+3. CTW, then band flattening (1 or 2 channels, or any colormap -> channel 0; 3 or more ->
+   channels 0-2);
 4. GAM, the stretch: f(max(v, 0)) with f one of POWER v**GAM, LOG log(1 + 255 v)/log(256)
    (iipsrv 1.2's ``GAM=log``), ASINH asinh(v/BETA)/asinh(1/BETA), SQRT sqrt(v); values above 1
    are not clipped before it, and every f maps 0 to 0 and 1 to 1;
@@ -763,10 +764,11 @@ def render(src: np.ndarray, mins: Sequence[float] | np.ndarray | float,
     """Physical float32 (C, h, w) -> uint8 (h, w) grey or (h, w, 3) colour, C-contiguous.
 
     ASTRO pipeline in float32 (the module's docstring lists the steps): normalise with mins/maxs
-    (non-finite -> 0), CTW (rows k < min(K, C), missing rows 0), band flattening (2 channels ->
-    channel 0, more than 3 -> channels 0-2), GAM (the stretch ``stretch``; ``gamma`` is its
-    number: the exponent of STRETCH_POWER, BETA of STRETCH_ASINH, unused by LOG and SQRT), INV,
-    CMP (colormap of channel 0), then truncate(clamp(v * 255 * contrast, 0, 255)).
+    (non-finite -> 0), CTW (rows k < min(K, C), missing rows 0), band flattening (1 or 2
+    channels, or a colormap -> channel 0; 3 or more -> channels 0-2), GAM (the stretch
+    ``stretch``; ``gamma`` is its number: the exponent of STRETCH_POWER, BETA of STRETCH_ASINH,
+    unused by LOG and SQRT), INV, CMP (colormap of channel 0), then
+    truncate(clamp(v * 255 * contrast, 0, 255)).
     A 2-D src is a single channel; a scalar min/max applies to every channel.
 
     ``autostretch`` (CNT=st) narrows each range to the first and last non-empty levels of the

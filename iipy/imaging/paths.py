@@ -1,5 +1,6 @@
-"""From a FIF argument to an open image: path resolution confined to
-FILESYSTEM_PREFIX, and a per-worker cache of open images that notices file changes.
+"""From a FIF argument to a file: path resolution confined to FILESYSTEM_PREFIX (with
+per-worker caches of real paths and image sequences), HDU selectors and image sequences.
+The open images themselves are cached by ``store.py``.
 
 Resolution follows iipsrv (docs/protocol.md §4.1): every ``../`` is removed until none is
 left, then the prefix and suffix are concatenated.  iipy adds one rule iipsrv lacks: the
@@ -10,7 +11,7 @@ A FIF may end with an extension selector, as in CFITSIO: ``mosaic.fits[2]`` (HDU
 or ``mosaic.fits[SCI]`` / ``mosaic.fits[SCI,2]`` (EXTNAME, EXTVER).  The selector never
 takes part in path resolution.
 
-A FIF that names no file may name an image sequence (docs/protocol.md §4.1 step 5): the
+A FIF that names no file may name an image sequence (docs/protocol.md §4.1 step 6): the
 files ``<path><FILENAME_PATTERN><h>_<v>.<ext>``, where h is a horizontal and v a
 vertical view angle written with at least three digits.  ``<path><pattern>000_090.*``
 must exist, with a single extension; the horizontal angles are those of the files

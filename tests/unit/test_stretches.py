@@ -3,7 +3,7 @@ parameter validation and the integer sample types of to_float32.
 
 Compiled kernel against NumPy twin: SQRT, the histogram, CNT=st and CNT=eq are bit-identical
 (DN difference 0); LOG and ASINH go through a lookup table in the compiled kernel and are
-within 1 DN of the twin's exact formula (the bound is proven in iipy/kernels.py and checked here).
+within 1 DN of the twin's exact formula (the bound is proven in iipy/imaging/kernels.py and checked here).
 """
 
 from __future__ import annotations

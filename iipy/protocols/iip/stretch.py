@@ -15,7 +15,7 @@ number with C's ``atof`` (``GAM=abc`` is a power of 0). iipsrv 1.2 also treats t
 numeric meaning, as iipsrv 1.1 and the astronomy fork do.
 
 The stretches work on the normalised value v after CTW and band flattening, before INV, CMP and
-quantisation (``iipy.kernels``' docstring lists the whole pipeline), and all start from
+quantisation (``iipy.imaging.kernels``' docstring lists the whole pipeline), and all start from
 max(v, 0) as the power law does: iipsrv 1.2 takes the logarithm of v itself, which turns values
 below -1/255 into NaN and those pixels white.
 """
