@@ -12,6 +12,8 @@ extensions = [
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=["-O3"],
     ),
+    # the FastCGI record layer (iipy/server/fcgi.py)
+    Extension("iipy._fcgi", ["ext/_fcgi.pyx"], extra_compile_args=["-O3"]),
 ]
 
 setup(

@@ -1,9 +1,12 @@
 """FastCGI transport: the listening socket, the record layer, the worker loop.
 
 This is the only module that imports flup, and it uses flup 1.0.3 only for the
-FastCGI record layer: ``Record`` parsing, ``decode_pair`` and the request
-bookkeeping of ``Connection`` (BEGIN_REQUEST, PARAMS, STDIN, ABORT_REQUEST,
-GET_VALUES, FCGI_KEEP_CONN).  flup's pre-fork pool is replaced by
+request bookkeeping of ``Connection`` (BEGIN_REQUEST, PARAMS, STDIN, ABORT_REQUEST,
+GET_VALUES, FCGI_KEEP_CONN).  Records are cut out of the input buffer and
+FCGI_PARAMS streams decoded by the compiled ``iipy._fcgi`` (ext/_fcgi.pyx; this is
+its only caller), which reads exactly what flup's ``Record.read`` and
+``decode_pair`` read (tests/contract/test_fcgi_records.py holds them to flup);
+without the extension, Python twins of its two functions are used.  flup's pre-fork pool is replaced by
 :mod:`iipy.server.prefork`, and its WSGI bridge is not used because it always writes a
 ``Status:`` line and adds headers of its own, while iipy must send iipsrv's exact
 bytes: the handler returns the complete CGI output and this module frames it.
@@ -170,15 +173,58 @@ def stdout_records(request_id: int, body: bytes) -> list[bytes | memoryview]:
     return pieces
 
 
-class _BufferedSocket:
-    """The ``recv()`` that flup's ``Record.read`` calls, served from 64 KiB reads.
+def _py_next_record(buf: bytes, pos: int) -> tuple[int, int, bytes, int] | None:
+    """:func:`iipy._fcgi.next_record` in Python (used when the extension is not built)."""
+    if len(buf) - pos < _HEADER.size:
+        return None
+    _, rec_type, request_id, length, padding = _HEADER.unpack_from(buf, pos)
+    start = pos + _HEADER.size
+    end = start + length + padding
+    if end > len(buf):
+        return None
+    return rec_type, request_id, buf[start:start + length], end
 
-    (``Record.read`` also calls ``fileno()``, for a debug message it formats even
-    when debugging is off.)
 
-    ``Record.read`` asks for the 8-byte header, then the content, then the padding;
-    web servers send a whole request (BEGIN_REQUEST, PARAMS, STDIN) in one write, so
-    one system call usually covers every record of a request.
+def _py_decode_params(data: bytes) -> dict[str, str]:
+    """:func:`iipy._fcgi.decode_params` in Python (used when the extension is not built)."""
+    params: dict[str, str] = {}
+    pos = 0
+    while pos < len(data):
+        try:
+            pos, (name, value) = flup.decode_pair(data, pos)
+        except (IndexError, struct.error) as exc:
+            raise ValueError("truncated name-value pair") from exc
+        if pos > len(data):
+            raise ValueError("truncated name-value pair")
+        params[name.decode("latin-1")] = value.decode("utf-8", "surrogateescape")
+    return params
+
+
+try:
+    from iipy._fcgi import decode_params, next_record
+except ImportError:  # a source tree without the compiled extension
+    decode_params, next_record = _py_decode_params, _py_next_record
+
+
+class _Record:
+    """A record as flup's ``Connection`` handlers read it (``flup.Record``'s fields)."""
+
+    __slots__ = ("type", "requestId", "contentData", "contentLength")
+
+    def __init__(self, rec_type: int, request_id: int, content: bytes) -> None:
+        self.type = rec_type
+        self.requestId = request_id
+        self.contentData = content
+        self.contentLength = len(content)
+
+
+class _RecordReader:
+    """Records read from the socket through 64 KiB reads.
+
+    Web servers send a whole request (BEGIN_REQUEST, PARAMS, STDIN) in one write, so
+    one system call usually covers every record of a request; the records are cut
+    out of the buffer by :func:`iipy._fcgi.next_record`, the same bytes flup's
+    ``Record.read`` would have read (tests/contract/test_fcgi_records.py).
     """
 
     __slots__ = ("_sock", "_buf", "_pos", "error")
@@ -187,7 +233,7 @@ class _BufferedSocket:
         self._sock = sock
         self._buf = b""
         self._pos = 0
-        #: The exception behind the last failed read: flup turns every one into EOFError.
+        #: The exception behind the last failed read (reported as EOFError, as flup does).
         self.error: OSError | None = None
 
     @property
@@ -197,30 +243,25 @@ class _BufferedSocket:
     def next_record(self) -> tuple[int, int] | None:
         """(type, request id) of the next record if it is wholly buffered (so that
         reading it makes no system call), else None."""
-        available = len(self._buf) - self._pos
-        if available < _HEADER.size:
-            return None
-        _, rec_type, request_id, length, padding = _HEADER.unpack_from(self._buf, self._pos)
-        if available < _HEADER.size + length + padding:
-            return None
-        return rec_type, request_id
+        found = next_record(self._buf, self._pos)
+        return None if found is None else (found[0], found[1])
 
-    def fileno(self) -> int:
-        return self._sock.fileno()
-
-    def recv(self, size: int) -> bytes:
-        if self._pos >= len(self._buf):
+    def read(self) -> _Record:
+        """The next record; EOFError if the connection ends (or fails) before it does."""
+        while True:
+            found = next_record(self._buf, self._pos)
+            if found is not None:
+                rec_type, request_id, content, self._pos = found
+                return _Record(rec_type, request_id, content)
             try:
-                self._buf = self._sock.recv(max(size, 65536))
+                data = self._sock.recv(65536)
             except OSError as exc:
                 self.error = exc
-                raise
+                raise EOFError from exc
+            if not data:
+                raise EOFError
+            self._buf = self._buf[self._pos:] + data if self._pos < len(self._buf) else data
             self._pos = 0
-            if not self._buf:
-                return b""
-        start = self._pos
-        self._pos = min(start + size, len(self._buf))
-        return self._buf[start:self._pos]
 
 
 class _ProtocolError(Exception):
@@ -325,7 +366,7 @@ class _Connection(flup.Connection):  # type: ignore[misc]  # flup has no type hi
         self.opened_at = time.monotonic()
         self._fresh = True
         self._keepGoing = True
-        self._reader = _BufferedSocket(sock)
+        self._reader = _RecordReader(sock)
         self._pending: list[bytes | memoryview] = []
         #: A request whose parameters are complete, waiting for the records behind them.
         self._ready: _Request | None = None
@@ -356,8 +397,7 @@ class _Connection(flup.Connection):  # type: ignore[misc]  # flup has no type hi
         """
         try:
             while self._keepGoing:
-                rec = flup.Record()
-                rec.read(self._reader)
+                rec = self._reader.read()
                 self._fresh = False
                 self._handle(rec)
                 if self._ready is not None and not self._follows_ready():
@@ -372,7 +412,7 @@ class _Connection(flup.Connection):  # type: ignore[misc]  # flup has no type hi
         except OSError as exc:
             log.warning("closing connection from %s: %s", self.peer(), _reason(exc))
             self.close(linger=False)
-        except (_ProtocolError, IndexError, struct.error) as exc:  # malformed records
+        except (_ProtocolError, ValueError, IndexError, struct.error) as exc:  # malformed
             log.warning("closing connection from %s: invalid FastCGI data (%s)", self.peer(),
                         exc or type(exc).__name__)
             self.close(linger=False)
@@ -402,12 +442,9 @@ class _Connection(flup.Connection):  # type: ignore[misc]  # flup has no type hi
             return
         data = b"".join(req.params_data)
         req.params_data.clear()
-        pos = 0
-        while pos < len(data):
-            pos, (name, value) = flup.decode_pair(data, pos)
-            # CGI parameters are bytes; surrogate escapes keep every byte (a raw UTF-8
-            # path in QUERY_STRING round-trips to the file system unchanged)
-            req.params[name.decode("latin-1")] = value.decode("utf-8", "surrogateescape")
+        # CGI parameters are bytes; surrogate escapes keep every byte of a value (a raw
+        # UTF-8 path in QUERY_STRING round-trips to the file system unchanged)
+        req.params.update(decode_params(data))
         self._ready = req
 
     def _do_abort_request(self, inrec: Any) -> None:

@@ -28,8 +28,12 @@ LIBRARY_HOMES = {
     "tifffile": {"imaging/sources/tiff.py"},
     "imagecodecs": {"imaging/sources/tiff.py"},
     "iipy._kernels": {"imaging/kernels.py"},
+    "iipy._fcgi": {"server/fcgi.py"},
     "xstatic": {"viewer/assets.py"},
 }
+
+#: The compiled extensions: placed by LIBRARY_HOMES, not by layer.
+_EXTENSIONS = {"._kernels", "._fcgi"}
 
 #: Layer of a module -> the layers it may import from.
 LAYERS = {
@@ -125,7 +129,8 @@ def violations(root: Path) -> list[str]:
                 if (target == lib or target.startswith(lib + ".")) and rel not in homes:
                     out.append(f"{rel}:{line}: imports {target}, whose home is "
                                f"{' or '.join(sorted(homes))}")
-            if target.startswith(root.name + ".") and target != root.name + "._kernels":
+            if (target.startswith(root.name + ".")
+                    and target.removeprefix(root.name) not in _EXTENSIONS):
                 theirs = layer_of(target)
                 if theirs not in LAYERS[mine]:
                     out.append(f"{rel}:{line}: the {mine} layer imports {target} "
