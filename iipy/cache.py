@@ -304,6 +304,11 @@ def _describe(servers: list[tuple[str, int] | str]) -> str:
     return ",".join(s if isinstance(s, str) else "%s:%d" % s for s in servers)
 
 
+#: Bytes asked of each recv() from memcached: a typical tile and its header in one
+#: call (below glibc's mmap threshold, so the buffer is a cheap allocation).
+MEMCACHED_RECV_SIZE = 65536
+
+
 class MemcachedCache(_DigestCache):
     """Responses shared through one or more memcached servers; fails open.
 
@@ -345,8 +350,13 @@ class MemcachedCache(_DigestCache):
         self.last_hit: str | None = None
 
     def _new_client(self) -> Any:
+        from pymemcache.client import base
         from pymemcache.client.hash import HashClient
         from pymemcache.client.rendezvous import RendezvousHash
+
+        # pymemcache reads answers 4 KiB per recv() (a module constant): a 20 KB tile
+        # took 6 system calls and as many passes of its Python loop
+        base.RECV_SIZE = max(base.RECV_SIZE, MEMCACHED_RECV_SIZE)
 
         return HashClient(
             self.servers,

@@ -428,3 +428,29 @@ def test_keys_spread_over_servers_by_a_consistent_hash():
     # every worker and every host places a key on the same server
     again = MemcachedCache(parse_servers("mc2:11211,mc1:11211"), h).client.hasher
     assert [again.get_node(k) for k in keys] == before
+
+
+def test_memcached_answers_are_read_in_large_recvs():
+    """pymemcache reads 4 KiB per recv() unless told otherwise: a 40 KB tile must come
+    back in a few system calls, whole and exact."""
+    import pymemcache.client.base as pymemcache_base
+
+    server, peer = socket.socketpair()
+    value = bytes(range(256)) * 160  # 40 KB
+    reads = []
+
+    class Counting:
+        def recv(self, size):
+            data = server.recv(size)
+            reads.append(len(data))
+            return data
+
+    MemcachedCache([("127.0.0.1", 1)], KeyHasher(Settings.from_environ({})))._new_client()
+    assert pymemcache_base.RECV_SIZE >= cache_mod.MEMCACHED_RECV_SIZE
+    peer.sendall(b"VALUE k 0 %d\r\n" % len(value) + value + b"\r\nEND\r\n")
+    buf, line = pymemcache_base._readline(Counting(), b"")
+    assert line == b"VALUE k 0 %d" % len(value)
+    rest, got = pymemcache_base._readvalue(Counting(), buf, len(value))
+    assert got == value and rest == b"END\r\n" and len(reads) <= 3
+    server.close()
+    peer.close()
