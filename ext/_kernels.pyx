@@ -955,3 +955,414 @@ def histogram(const float[:, :, ::1] src, const float[::1] mins, const float[::1
                     out[(2 * sums[j] + nchan) // c2] += 1
     finally:
         free(sums)
+
+
+# ----------------------------------------------------------------------------------------------
+# stiff_chunk: exact median and upper quantile of the finite values of a chunk
+# ----------------------------------------------------------------------------------------------
+
+# A float32's bits u map to a key that orders as the numbers do (negative: ~u; positive:
+# u | 2**31): the finite values are the keys [KEY_LO, KEY_HI], NaN and infinities lie outside,
+# and the k-th smallest finite value is the k-th smallest key in that range.
+#
+# Selection is guided by a sample: the sorted keys of 1024 values taken at a regular stride
+# give an interval around each wanted rank (the sample's rank +- 3 standard deviations, and
+# everything above the top's lower bound), then one pass over the chunk counts the keys below
+# each interval and copies the keys inside it. When the counts show that each wanted rank
+# falls inside its interval, it is selected among the copied keys; otherwise the pass is done
+# again with the interval of every finite value. Either way the result is exact: the sample
+# only decides how much is copied. Selection among copied keys is a radix selection: a
+# histogram of their top 16 bits finds the bucket of each rank, the keys of those buckets are
+# packed at the front, and a histogram of their low 16 bits gives each key.
+cdef extern from *:
+    """
+    #include <math.h>
+    #include <stdint.h>
+    #include <stdlib.h>
+    #define IIPY_NB 65536
+    #define IIPY_KEY_LO 0x00800000u
+    #define IIPY_KEY_HI 0xff7fffffu
+    #define IIPY_SAMPLE 1024
+
+    static inline uint32_t iipy_key(uint32_t u)
+    {
+        return u ^ ((uint32_t)((int32_t)u >> 31) | 0x80000000u);
+    }
+
+    static inline float iipy_unkey(uint32_t k)
+    {
+        uint32_t u = (k & 0x80000000u) ? (k ^ 0x80000000u) : ~k;
+        float f;
+        memcpy(&f, &u, 4);
+        return f;
+    }
+
+    static inline uint32_t iipy_bits(const uint32_t *u, Py_ssize_t i, int swap)
+    {
+        uint32_t x = u[i];
+        return swap ? __builtin_bswap32(x) : x;
+    }
+
+    /* The ranks r[0] <= ... <= r[nr - 1] of the keys k[0..m) (all finite), written to out;
+       k is reordered. hist: IIPY_NB counts of scratch. */
+    static void iipy_radix_select(uint32_t *k, Py_ssize_t m, const Py_ssize_t *r, int nr,
+                                  uint32_t *hist, uint32_t *out)
+    {
+        uint32_t bucket[4] = {0, 0, 0, 0}, b, b0, b1, b2;
+        Py_ssize_t local[4] = {0, 0, 0, 0}, below = 0, p = 0, i, c;
+        int j = 0, q;
+        uint32_t lo = 0xffffffffu, hi = 0;
+        for (i = 0; i < m; i++) {  /* all equal (a flat chunk): nothing to select */
+            lo = k[i] < lo ? k[i] : lo;
+            hi = k[i] > hi ? k[i] : hi;
+        }
+        if (lo == hi) {
+            for (j = 0; j < nr; j++)
+                out[j] = lo;
+            return;
+        }
+        memset(hist, 0, IIPY_NB * sizeof(uint32_t));
+        for (i = 0; i < m; i++)
+            hist[k[i] >> 16]++;
+        for (b = 0; b < IIPY_NB && j < nr; b++) {
+            while (j < nr && r[j] < below + (Py_ssize_t)hist[b]) {
+                bucket[j] = b;
+                local[j] = r[j] - below;
+                j++;
+            }
+            below += hist[b];
+        }
+        b0 = bucket[0];
+        b1 = bucket[nr > 1 ? 1 : 0];
+        b2 = bucket[nr > 2 ? 2 : 0];
+        for (i = 0; i < m; i++) {  /* branch-free packing of the keys of those buckets */
+            uint32_t x = k[i], hb = x >> 16;
+            k[p] = x;
+            p += (hb == b0) | (hb == b1) | (hb == b2);
+        }
+        for (j = 0; j < nr; j++) {
+            if (j > 0 && bucket[j] == bucket[j - 1])
+                continue;
+            memset(hist, 0, IIPY_NB * sizeof(uint32_t));
+            for (i = 0; i < p; i++)
+                hist[k[i] & 0xffffu] += (k[i] >> 16) == bucket[j];
+            for (q = j; q < nr && bucket[q] == bucket[j]; q++) {
+                c = 0;
+                for (b = 0; b < IIPY_NB; b++) {
+                    c += hist[b];
+                    if (local[q] < c)
+                        break;
+                }
+                out[q] = (bucket[j] << 16) | b;
+            }
+        }
+    }
+
+    typedef struct {
+        Py_ssize_t nonfinite, below1, below2, m1, m2;
+    } iipy_scan_t;
+
+    /* One pass: keys in [lo1, hi1] copied to k1 (room for n), and if use2 keys in
+       [lo2, KEY_HI] to k2 (room for cap2; returns 0 if that is not enough); counts of the
+       finite keys below lo1 and lo2 and of the non-finite values. lo1, lo2 >= KEY_LO. */
+    static inline int iipy_scan(const uint32_t *u, Py_ssize_t n, int swap, uint32_t lo1,
+                                uint32_t hi1, int use2, uint32_t lo2, uint32_t *k1,
+                                uint32_t *k2, Py_ssize_t cap2, iipy_scan_t *s)
+    {
+        Py_ssize_t i = 0, end, neg = 0, pos = 0, b1 = 0, b2 = 0, m1 = 0, m2 = 0;
+        const uint32_t w1 = hi1 - lo1, w2 = IIPY_KEY_HI - lo2;
+        while (i < n) {
+            end = n - i > 4096 ? i + 4096 : n;
+            if (use2) {
+                if (m2 + (end - i) > cap2)
+                    return 0;
+                for (; i < end; i++) {
+                    uint32_t x = iipy_key(iipy_bits(u, i, swap));
+                    neg += x < IIPY_KEY_LO;
+                    pos += x > IIPY_KEY_HI;
+                    b1 += x < lo1;
+                    b2 += x < lo2;
+                    k1[m1] = x;
+                    m1 += (x - lo1) <= w1;
+                    k2[m2] = x;
+                    m2 += (x - lo2) <= w2;
+                }
+            } else {
+                for (; i < end; i++) {
+                    uint32_t x = iipy_key(iipy_bits(u, i, swap));
+                    neg += x < IIPY_KEY_LO;
+                    pos += x > IIPY_KEY_HI;
+                    b1 += x < lo1;
+                    k1[m1] = x;
+                    m1 += (x - lo1) <= w1;
+                }
+            }
+        }
+        /* the negative non-finite keys lie below every finite one */
+        s->nonfinite = neg + pos;
+        s->below1 = b1 - neg;
+        s->below2 = b2 - neg;
+        s->m1 = m1;
+        s->m2 = m2;
+        return 1;
+    }
+
+    /* The same pass with AVX2 where the processor has it (8 keys a step; the keys kept are
+       moved to the front of a register by a permutation from a table, then stored whole:
+       k1 and k2 need 8 words of room past what they keep). */
+    #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    #define IIPY_AVX2 1
+    #include <immintrin.h>
+    static uint32_t iipy_perm[256][8];
+    static int iipy_have_avx2 = -1;
+
+    static int iipy_avx2(void)
+    {
+        int b, j, m;
+        if (iipy_have_avx2 < 0) {
+            for (b = 0; b < 256; b++) {
+                for (j = 0, m = 0; j < 8; j++)
+                    if (b & (1 << j))
+                        iipy_perm[b][m++] = j;
+                for (; m < 8; m++)
+                    iipy_perm[b][m] = 0;
+            }
+            __builtin_cpu_init();
+            iipy_have_avx2 = __builtin_cpu_supports("avx2") ? 1 : 0;
+        }
+        return iipy_have_avx2;
+    }
+
+    __attribute__((target("avx2,popcnt")))
+    static int iipy_scan_avx2(const uint32_t *u, Py_ssize_t n, int swap, uint32_t lo1,
+                              uint32_t hi1, int use2, uint32_t lo2, uint32_t *k1, uint32_t *k2,
+                              Py_ssize_t cap2, iipy_scan_t *s)
+    {
+        const __m256i sgn = _mm256_set1_epi32((int)0x80000000u);
+        const __m256i rev = _mm256_setr_epi8(3, 2, 1, 0, 7, 6, 5, 4, 11, 10, 9, 8, 15, 14, 13,
+                                             12, 3, 2, 1, 0, 7, 6, 5, 4, 11, 10, 9, 8, 15, 14,
+                                             13, 12);
+        const __m256i klo = _mm256_set1_epi32((int)(IIPY_KEY_LO ^ 0x80000000u));
+        const __m256i khi = _mm256_set1_epi32((int)(IIPY_KEY_HI ^ 0x80000000u));
+        const __m256i l1 = _mm256_set1_epi32((int)(lo1 ^ 0x80000000u));
+        const __m256i h1 = _mm256_set1_epi32((int)(hi1 ^ 0x80000000u));
+        const __m256i l2 = _mm256_set1_epi32((int)(lo2 ^ 0x80000000u));
+        __m256i neg = _mm256_setzero_si256(), pos = neg, b1 = neg, b2 = neg;
+        Py_ssize_t i = 0, end, m1 = 0, m2 = 0, tneg = 0, tpos = 0, tb1 = 0, tb2 = 0;
+        uint32_t lanes[8];
+        int j;
+        while (i + 8 <= n) {
+            end = i + ((n - i) / 8 > 512 ? 4096 : ((n - i) / 8) * 8);
+            if (use2 && m2 + (end - i) + 8 > cap2)
+                return 0;
+            for (; i < end; i += 8) {
+                __m256i x = _mm256_loadu_si256((const __m256i *)(u + i));
+                __m256i k, ks, lt1, in1;
+                int bits;
+                if (swap)
+                    x = _mm256_shuffle_epi8(x, rev);
+                k = _mm256_xor_si256(x, _mm256_or_si256(_mm256_srai_epi32(x, 31), sgn));
+                ks = _mm256_xor_si256(k, sgn);
+                neg = _mm256_sub_epi32(neg, _mm256_cmpgt_epi32(klo, ks));
+                pos = _mm256_sub_epi32(pos, _mm256_cmpgt_epi32(ks, khi));
+                lt1 = _mm256_cmpgt_epi32(l1, ks);
+                b1 = _mm256_sub_epi32(b1, lt1);
+                in1 = _mm256_or_si256(lt1, _mm256_cmpgt_epi32(ks, h1));
+                bits = 0xff & ~_mm256_movemask_ps(_mm256_castsi256_ps(in1));
+                _mm256_storeu_si256((__m256i *)(k1 + m1), _mm256_permutevar8x32_epi32(
+                    k, _mm256_loadu_si256((const __m256i *)iipy_perm[bits])));
+                m1 += __builtin_popcount(bits);
+                if (use2) {
+                    __m256i lt2 = _mm256_cmpgt_epi32(l2, ks);
+                    b2 = _mm256_sub_epi32(b2, lt2);
+                    bits = 0xff & ~_mm256_movemask_ps(_mm256_castsi256_ps(
+                        _mm256_or_si256(lt2, _mm256_cmpgt_epi32(ks, khi))));
+                    _mm256_storeu_si256((__m256i *)(k2 + m2), _mm256_permutevar8x32_epi32(
+                        k, _mm256_loadu_si256((const __m256i *)iipy_perm[bits])));
+                    m2 += __builtin_popcount(bits);
+                }
+            }
+        }
+        _mm256_storeu_si256((__m256i *)lanes, neg);
+        for (j = 0; j < 8; j++) tneg += lanes[j];
+        _mm256_storeu_si256((__m256i *)lanes, pos);
+        for (j = 0; j < 8; j++) tpos += lanes[j];
+        _mm256_storeu_si256((__m256i *)lanes, b1);
+        for (j = 0; j < 8; j++) tb1 += lanes[j];
+        _mm256_storeu_si256((__m256i *)lanes, b2);
+        for (j = 0; j < 8; j++) tb2 += lanes[j];
+        for (; i < n; i++) {
+            uint32_t x = iipy_key(iipy_bits(u, i, swap));
+            tneg += x < IIPY_KEY_LO;
+            tpos += x > IIPY_KEY_HI;
+            tb1 += x < lo1;
+            k1[m1] = x;
+            m1 += (x - lo1) <= (hi1 - lo1);
+            if (use2) {
+                tb2 += x < lo2;
+                if (m2 >= cap2)
+                    return 0;
+                k2[m2] = x;
+                m2 += (x - lo2) <= (IIPY_KEY_HI - lo2);
+            }
+        }
+        s->nonfinite = tneg + tpos;
+        s->below1 = tb1 - tneg;
+        s->below2 = tb2 - tneg;
+        s->m1 = m1;
+        s->m2 = m2;
+        return 1;
+    }
+    #else
+    #define IIPY_AVX2 0
+    static int iipy_avx2(void) { return 0; }
+    #endif
+
+    /* 0: plain C passes only (for the tests of both paths); 1: AVX2 where available. */
+    static int iipy_simd = 1;
+
+    static inline int iipy_scan_any(const uint32_t *u, Py_ssize_t n, int swap, uint32_t lo1,
+                                    uint32_t hi1, int use2, uint32_t lo2, uint32_t *k1,
+                                    uint32_t *k2, Py_ssize_t cap2, iipy_scan_t *s)
+    {
+    #if IIPY_AVX2
+        if (iipy_simd && iipy_avx2())
+            return iipy_scan_avx2(u, n, swap, lo1, hi1, use2, lo2, k1, k2, cap2, s);
+    #endif
+        return iipy_scan(u, n, swap, lo1, hi1, use2, lo2, k1, k2, cap2, s);
+    }
+
+    static int iipy_cmp_u32(const void *a, const void *b)
+    {
+        uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+        return (x > y) - (x < y);
+    }
+
+    /* Sample bounds: the key of rank p sf -+ (3 sd + 3) of the sorted finite sample keys
+       (KEY_LO, KEY_HI past either end). */
+    static void iipy_bounds(const uint32_t *sk, Py_ssize_t sf, double p, uint32_t *lo,
+                            uint32_t *hi)
+    {
+        double d = 3.0 * sqrt((double)sf * p * (1.0 - p)) + 3.0;
+        double a = p * (double)sf - d, b = p * (double)sf + d;
+        *lo = a < 0.0 ? IIPY_KEY_LO : sk[(Py_ssize_t)a];
+        *hi = b >= (double)(sf - 1) ? IIPY_KEY_HI : sk[(Py_ssize_t)b];
+    }
+
+    /* Count, median keys and top key (see stiff_chunk) of the n float32 values at u (bytes
+       reversed if swap). k1: room for n keys, k2: for cap2; hist: IIPY_NB counts. guess: use
+       the sample. Returns the number of finite values; used_sample tells whether the sample's
+       intervals held the ranks. */
+    static Py_ssize_t iipy_stiff_chunk(const uint32_t *u, Py_ssize_t n, int swap, double level,
+                                       int guess, uint32_t *k1, uint32_t *k2, Py_ssize_t cap2,
+                                       uint32_t *hist, uint32_t *keys, int *used_sample)
+    {
+        uint32_t lo1 = IIPY_KEY_LO, hi1 = IIPY_KEY_HI, lo2 = IIPY_KEY_HI, x;
+        uint32_t sk[IIPY_SAMPLE];
+        Py_ssize_t sf = 0, i, stride, cnt, half, top_k, r[3];
+        int nr, ok = 0, j;
+        iipy_scan_t s;
+        *used_sample = 0;
+        if (guess && n >= 16 * IIPY_SAMPLE) {
+            stride = n / IIPY_SAMPLE;
+            for (i = 0; i < IIPY_SAMPLE; i++) {
+                x = iipy_key(iipy_bits(u, i * stride + stride / 2, swap));
+                if (x - IIPY_KEY_LO <= IIPY_KEY_HI - IIPY_KEY_LO)
+                    sk[sf++] = x;
+            }
+            if (sf >= IIPY_SAMPLE / 2) {
+                uint32_t unused;
+                qsort(sk, sf, sizeof(uint32_t), iipy_cmp_u32);
+                iipy_bounds(sk, sf, 0.5, &lo1, &hi1);
+                iipy_bounds(sk, sf, 0.5 + 0.5 * level, &lo2, &unused);
+                ok = iipy_scan_any(u, n, swap, lo1, hi1, 1, lo2, k1, k2, cap2, &s);
+            }
+        }
+        if (!ok)
+            iipy_scan_any(u, n, swap, IIPY_KEY_LO, IIPY_KEY_HI, 0, 0, k1, k2, 0, &s);
+        cnt = n - s.nonfinite;
+        if (cnt == 0)
+            return 0;
+        half = cnt / 2;
+        top_k = half + (cnt % 2) + (Py_ssize_t)(level * ((double)half - 0.5001));
+        if (top_k > cnt - 1)
+            top_k = cnt - 1;
+        nr = 0;
+        if (cnt % 2 == 0)
+            r[nr++] = half - 1;
+        r[nr++] = half;
+        r[nr++] = top_k;
+        if (ok) {
+            for (j = 0; j < nr - 1; j++)
+                ok &= r[j] >= s.below1 && r[j] < s.below1 + s.m1;
+            ok &= top_k >= s.below2 && top_k < s.below2 + s.m2;
+            if (ok) {
+                for (j = 0; j < nr - 1; j++)
+                    r[j] -= s.below1;
+                iipy_radix_select(k1, s.m1, r, nr - 1, hist, keys);
+                top_k -= s.below2;
+                iipy_radix_select(k2, s.m2, &top_k, 1, hist, keys + nr - 1);
+                *used_sample = 1;
+                return cnt;
+            }
+            iipy_scan_any(u, n, swap, IIPY_KEY_LO, IIPY_KEY_HI, 0, 0, k1, k2, 0, &s);
+        }
+        /* every finite key is in k1 */
+        iipy_radix_select(k1, s.m1, r, nr, hist, keys);
+        return cnt;
+    }
+    """
+    Py_ssize_t _stiff_chunk "iipy_stiff_chunk" (const uint32_t* u, Py_ssize_t n, int swap,
+                                                double level, int guess, uint32_t* k1,
+                                                uint32_t* k2, Py_ssize_t cap2, uint32_t* hist,
+                                                uint32_t* keys, int* used_sample) noexcept nogil
+    float _unkey "iipy_unkey" (uint32_t k) noexcept nogil
+    int _simd "iipy_simd"
+    int _have_avx2 "iipy_avx2" () noexcept nogil
+
+
+def set_simd(bint on):
+    """Use the AVX2 passes where the processor has them (the default), or plain C only;
+    returns whether AVX2 is now in use."""
+    global _simd
+    _simd = 1 if on else 0
+    return bool(on and _have_avx2())
+
+
+def stiff_chunk(const uint8_t[::1] raw, bint swap, double level, bint guess,
+                uint32_t[::1] scratch):
+    """(n, sky, top, sampled) of the finite values among the float32 samples in ``raw``
+    (native, or bytes reversed if ``swap``; not modified): n their number; sky their median
+    (the mean, in double, of the two central values for an even n); top the value of index
+    n//2 + n%2 + int(level (n//2 - 0.5001)), at most n - 1, of their sorted list; sampled
+    whether the sample's intervals held the ranks (``guess``: try them). n = 0 gives NaN for
+    both. scratch: at least 65536 + 9 len(raw) / 32 + 16 words."""
+    cdef Py_ssize_t n = raw.shape[0] // 4
+    if raw.shape[0] % 4:
+        raise ValueError("raw is not a whole number of float32 samples")
+    if not 0.0 <= level <= 1.0:
+        raise ValueError("level must be in [0, 1]")
+    cdef Py_ssize_t cap2 = n // 8 + 16
+    if scratch.shape[0] < 65536 + n + cap2:
+        raise ValueError("scratch is too short")
+    if n == 0:
+        return 0, float("nan"), float("nan"), False
+    cdef uint32_t* hist = &scratch[0]
+    cdef uint32_t* k1 = hist + 65536
+    cdef uint32_t* k2 = k1 + n
+    cdef uint32_t keys[3]
+    cdef int sampled = 0
+    cdef Py_ssize_t cnt
+    cdef double sky = 0, top = 0
+    with nogil:
+        cnt = _stiff_chunk(<const uint32_t*>&raw[0], n, swap, level, guess, k1, k2, cap2,
+                           hist, keys, &sampled)
+        if cnt % 2:
+            sky = _unkey(keys[0])
+            top = _unkey(keys[1])
+        elif cnt:
+            sky = (<double>_unkey(keys[0]) + <double>_unkey(keys[1])) / 2.0
+            top = _unkey(keys[2])
+    if cnt == 0:
+        return 0, float("nan"), float("nan"), False
+    return cnt, sky, top, bool(sampled)

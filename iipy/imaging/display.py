@@ -24,7 +24,7 @@ The pyramid pass hands each channel's sample to :func:`display_range` with the p
     the maximum by up to 6 % of the range, the pyramid's grid of 512 rows (every 2nd to 4th
     row) by up to 4 %, every 8th row by up to 20 %; the minimum (the sky) stayed within 0.1 %.
     Staying within 1 % takes every pixel: :class:`StiffChunks` takes them while a pass
-    streams the image by, with one chunk of memory and about 25 ms of work per 2**21 pixels.
+    streams the image by, with one chunk of memory and about 1.5 ms of work per 2**21 pixels.
 ``mad``
     VisiOmatic 3's rule: background and noise by iterated 3-sigma clipping of the median and
     the median absolute deviation (MAD); background - 2 MAD to background + 400 MAD, kept
@@ -51,6 +51,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from iipy.imaging import kernels
 
 __all__ = ["POLICIES", "Policy", "StiffChunks", "display_range", "parse_policy"]
 
@@ -179,10 +181,16 @@ class StiffChunks:
         self._tops: list[float] = []
 
     def add(self, values: np.ndarray) -> None:
-        """The next samples of the image (any shape, read in C order)."""
+        """The next samples of the image (any shape, read in C order; float32 samples may be
+        in either byte order, and whole chunks of them are not copied)."""
         v = np.asarray(values).reshape(-1)
         size = self._buf.size
+        direct = v.dtype.kind == "f" and v.dtype.itemsize == 4 and v.flags.c_contiguous
         while v.size:
+            if direct and self._n == 0 and v.size >= size:
+                self._chunk(v[:size])
+                v = v[size:]
+                continue
             take = min(size - self._n, v.size)
             with np.errstate(over="ignore", invalid="ignore"):
                 self._buf[self._n : self._n + take] = v[:take]
@@ -192,12 +200,14 @@ class StiffChunks:
                 self._flush()
 
     def _flush(self) -> None:
-        c = _finite(self._buf[: self._n])
-        self._n = 0
-        if c.size:
-            sky, top = _stiff_chunk(c, scratch=True)
-            self._skies.append(sky)
-            self._tops.append(top)
+        n, self._n = self._n, 0
+        self._chunk(self._buf[:n])
+
+    def _chunk(self, c: np.ndarray) -> None:
+        levels = _stiff_chunk(c)
+        if levels is not None:
+            self._skies.append(levels[0])
+            self._tops.append(levels[1])
 
     def result(self) -> tuple[float, float]:
         """(lo, hi) of every sample added so far, lo < hi."""
@@ -217,12 +227,10 @@ def _stiff(a: np.ndarray, image_pixels: int | None) -> tuple[float, float]:
     bounds = [min(n, round(j * STIFF_CHUNK * n / total)) for j in range(nchunks)] + [n]
     skies, tops = [], []
     for j in range(nchunks):
-        c = _finite(a[bounds[j] : bounds[j + 1]])
-        if c.size == 0:
-            continue
-        sky, top = _stiff_chunk(c)
-        skies.append(sky)
-        tops.append(top)
+        levels = _stiff_chunk(a[bounds[j] : bounds[j + 1]])
+        if levels is not None:
+            skies.append(levels[0])
+            tops.append(levels[1])
     return _stiff_levels(skies, tops)
 
 
@@ -236,24 +244,17 @@ def _stiff_levels(skies: list[float], tops: list[float]) -> tuple[float, float]:
     return (top * g - sky) / (g - 1.0), top
 
 
-def _stiff_chunk(c: np.ndarray, scratch: bool = False) -> tuple[float, float]:
-    """Median (mean of the two central values for an even count) and the MAX_LEVEL quantile of
-    the upper half: index n//2 + int(0.999 (n//2 - 0.5001)) of the sorted values. ``scratch``:
-    c may be reordered.
+def _stiff_chunk(c: np.ndarray) -> tuple[float, float] | None:
+    """Median of the finite values of a chunk (mean of the two central values for an even
+    count) and the MAX_LEVEL quantile of the upper half: index n//2 + n%2 +
+    int(0.999 (n//2 - 0.5001)) of the sorted values; None when none is finite.
 
     STIFF's upper half is the n//2 values from the median on, as its selection left them: for
     an odd n that is all the values above the median but the one left last, which is below
-    the quantile but for a chance of 1 in 1000 or so; the index then moves up by one."""
-    n = c.size
-    half = n // 2
-    top_k = min(n - 1, half + (n % 2) + int(STIFF_MAX_LEVEL * (half - 0.5001)))
-    part = c if scratch else c.copy()
-    part.partition(half)
-    mid = float(part[half])
-    sky = mid if n % 2 else (float(part[:half].max()) + mid) / 2.0
-    upper = part[half:]
-    upper.partition(top_k - half)
-    return sky, float(upper[top_k - half])
+    the quantile but for a chance of 1 in 1000 or so; the index then moves up by one. The
+    selection is exact, in O(n) (``kernels.stiff_chunk``)."""
+    n, sky, top = kernels.stiff_chunk(c, STIFF_MAX_LEVEL)
+    return (sky, top) if n else None
 
 
 # --------------------------------------------------------------------------------------------

@@ -63,6 +63,7 @@ __all__ = [
     "histogram",
     "reference",
     "render",
+    "stiff_chunk",
     "to_float32",
 ]
 
@@ -78,6 +79,9 @@ ASINH_BETA_MAX = 1e6
 
 #: Levels of the histogram used by CNT=st and CNT=eq.
 HISTOGRAM_LEVELS = 256
+
+#: STIFF's default MAX_LEVEL (a quantile of the upper half of a chunk), as a float32 value.
+STIFF_MAX_LEVEL = float(np.float32(0.999))
 
 _CMAP_NAMES = {
     "hot": CMAP_HOT,
@@ -528,6 +532,38 @@ def _ref_render(src: np.ndarray, mins: Sequence[float] | np.ndarray | float,
     return _ref_render_all(p, autostretch, equalize, histogram)
 
 
+def _check_chunk(values: Any) -> np.ndarray:
+    a = np.asarray(values)
+    if a.dtype.kind != "f" or a.dtype.itemsize != 4:
+        raise ValueError(f"values must be float32, got {a.dtype.str}")
+    return a.reshape(-1)
+
+
+def _check_level(level: float) -> float:
+    lv = float(level)
+    if not 0.0 <= lv <= 1.0:
+        raise ValueError(f"level must be in [0, 1], got {level!r}")
+    return lv
+
+
+def _ref_stiff_chunk(values: np.ndarray, level: float = STIFF_MAX_LEVEL,
+                     guess: bool = True) -> tuple[int, float, float]:
+    a = _check_chunk(values)
+    lv = _check_level(level)
+    c = a[np.isfinite(a)].astype(np.float32)
+    n = c.size
+    if n == 0:
+        return 0, math.nan, math.nan
+    half = n // 2
+    top_k = min(n - 1, half + (n % 2) + int(lv * (half - 0.5001)))
+    c.partition(half)
+    mid = float(c[half])
+    sky = mid if n % 2 else (float(c[:half].max()) + mid) / 2.0
+    upper = c[half:]
+    upper.partition(top_k - half)
+    return n, sky, float(upper[top_k - half])
+
+
 #: NumPy twins of the kernels, with the same signatures: ``reference.render(...)`` etc.
 reference = SimpleNamespace(
     to_float32=_ref_to_float32,
@@ -538,6 +574,7 @@ reference = SimpleNamespace(
     stretch=_ref_stretch,
     histogram=_ref_histogram,
     equalize=_ref_equalize,
+    stiff_chunk=_ref_stiff_chunk,
 )
 
 
@@ -854,6 +891,54 @@ def equalize(pixels: np.ndarray, histogram: np.ndarray) -> np.ndarray:
     """CNT=eq on 8-bit output (grey or colour, every channel alike): a new uint8 array."""
     q = _check_pixels(pixels)
     return np.take(equalization_table(histogram), q)
+
+
+_scratch = threading.local()
+
+
+def _chunk_scratch(n: int) -> np.ndarray:
+    """This thread's scratch words for stiff_chunk of n samples (kept, grown as needed)."""
+    need = 65536 + n + n // 8 + 16
+    buf = getattr(_scratch, "words", None)
+    if buf is None or buf.size < need:
+        buf = np.empty(need, np.uint32)
+        _scratch.words = buf
+    return buf
+
+
+def stiff_chunk(values: np.ndarray, level: float = STIFF_MAX_LEVEL,
+                guess: bool = True) -> tuple[int, float, float]:
+    """(n, sky, top) of the finite values of one STIFF chunk, exactly.
+
+    ``values``: float32 samples in either byte order (any shape, read in C order; not
+    modified). n is the number of finite values (NaN and infinities are left out); sky their
+    median, the mean (in double) of the two central values for an even n; top the value of
+    index n//2 + n%2 + int(level (n//2 - 0.5001)) (at most n - 1) of the sorted values, which
+    is STIFF's MAX_LEVEL quantile of the upper half. n = 0 gives NaN for both.
+
+    The compiled kernel selects the ranks among the keys that a sorted sample of the chunk
+    says are near them, and verifies it (``guess=False``: without the sample); either way
+    the result is exact, the twin's (sorting by ``numpy.partition``). A -0.0 and a +0.0 are
+    equal values: which one a median is may differ (never the value).
+    """
+    if _ck is None:
+        return _ref_stiff_chunk(values, level, guess)
+    a = _check_chunk(values)
+    lv = _check_level(level)
+    if not a.flags.c_contiguous:
+        a = np.ascontiguousarray(a)
+    swap = not a.dtype.isnative
+    n, sky, top, _ = _ck.stiff_chunk(a.view(np.uint8), swap, lv, bool(guess),
+                                     _chunk_scratch(a.size))
+    return int(n), float(sky), float(top)
+
+
+def set_simd(on: bool) -> bool:
+    """Use the compiled kernels' AVX2 passes where the processor has them (the default), or
+    their plain C passes only (both are tested); returns whether AVX2 is in use."""
+    if _ck is None:
+        return False
+    return bool(_ck.set_simd(bool(on)))
 
 
 _EMPTY_LUT = np.zeros(2, dtype=np.float32)
