@@ -257,6 +257,80 @@ cdef inline bint _finite(float x) noexcept nogil:
     return fabsf(x) <= FLT_MAX
 
 
+# The mean of the finite values of each 2x2 block of two rows, from float32 samples that may
+# have their bytes reversed: with SSE2 on x86 (4 blocks a step; the same float operations in
+# the same order as the portable loop, so the results are identical), a portable loop
+# elsewhere and for the last blocks.
+cdef extern from *:
+    """
+    static inline float iipy_f32_bits(const unsigned char *p, int swap)
+    {
+        uint32_t u;
+        float f;
+        memcpy(&u, p, 4);
+        if (swap)
+            u = __builtin_bswap32(u);
+        memcpy(&f, &u, 4);
+        return f;
+    }
+
+    #if IIPY_SSE2
+    static inline __m128 iipy_load4(const unsigned char *p, int swap)
+    {
+        __m128i x = _mm_loadu_si128((const __m128i *)p);
+        if (swap) {
+            x = _mm_shufflehi_epi16(_mm_shufflelo_epi16(x, 0xb1), 0xb1);
+            x = _mm_or_si128(_mm_slli_epi16(x, 8), _mm_srli_epi16(x, 8));
+        }
+        return _mm_castsi128_ps(x);
+    }
+    #endif
+
+    /* o[j] = mean of the finite values among r0[2j], r0[2j+1], r1[2j], r1[2j+1] (NaN if
+       none): ((a + b) + c) + d over the finite ones, divided by their number. */
+    static void iipy_bin_pair(const unsigned char *r0, const unsigned char *r1,
+                              Py_ssize_t ow, int swap, float *o)
+    {
+        Py_ssize_t j = 0;
+        float a, b, c, d, s, n;
+    #if IIPY_SSE2
+        const __m128 big = _mm_set1_ps(FLT_MAX), one = _mm_set1_ps(1.0f);
+        const __m128 mag = _mm_castsi128_ps(_mm_set1_epi32(0x7fffffff));
+        for (; j + 4 <= ow; j += 4) {
+            __m128 p0 = iipy_load4(r0 + 8 * j, swap), p1 = iipy_load4(r0 + 8 * j + 16, swap);
+            __m128 q0 = iipy_load4(r1 + 8 * j, swap), q1 = iipy_load4(r1 + 8 * j + 16, swap);
+            __m128 va = _mm_shuffle_ps(p0, p1, _MM_SHUFFLE(2, 0, 2, 0));
+            __m128 vb = _mm_shuffle_ps(p0, p1, _MM_SHUFFLE(3, 1, 3, 1));
+            __m128 vc = _mm_shuffle_ps(q0, q1, _MM_SHUFFLE(2, 0, 2, 0));
+            __m128 vd = _mm_shuffle_ps(q0, q1, _MM_SHUFFLE(3, 1, 3, 1));
+            __m128 fa = _mm_cmple_ps(_mm_and_ps(va, mag), big);
+            __m128 fb = _mm_cmple_ps(_mm_and_ps(vb, mag), big);
+            __m128 fc = _mm_cmple_ps(_mm_and_ps(vc, mag), big);
+            __m128 fd = _mm_cmple_ps(_mm_and_ps(vd, mag), big);
+            __m128 vs = _mm_add_ps(_mm_add_ps(_mm_add_ps(_mm_and_ps(va, fa), _mm_and_ps(vb, fb)),
+                                              _mm_and_ps(vc, fc)), _mm_and_ps(vd, fd));
+            __m128 vn = _mm_add_ps(_mm_add_ps(_mm_add_ps(_mm_and_ps(one, fa), _mm_and_ps(one, fb)),
+                                              _mm_and_ps(one, fc)), _mm_and_ps(one, fd));
+            _mm_storeu_ps(o + j, _mm_div_ps(vs, vn));
+        }
+    #endif
+        for (; j < ow; j++) {
+            a = iipy_f32_bits(r0 + 8 * j, swap);
+            b = iipy_f32_bits(r0 + 8 * j + 4, swap);
+            c = iipy_f32_bits(r1 + 8 * j, swap);
+            d = iipy_f32_bits(r1 + 8 * j + 4, swap);
+            s = (((fabsf(a) <= FLT_MAX ? a : 0.0f) + (fabsf(b) <= FLT_MAX ? b : 0.0f))
+                 + (fabsf(c) <= FLT_MAX ? c : 0.0f)) + (fabsf(d) <= FLT_MAX ? d : 0.0f);
+            n = (((float)(fabsf(a) <= FLT_MAX) + (float)(fabsf(b) <= FLT_MAX))
+                 + (float)(fabsf(c) <= FLT_MAX)) + (float)(fabsf(d) <= FLT_MAX);
+            o[j] = s / n;
+        }
+    }
+    """
+    void _bin_pair "iipy_bin_pair" (const unsigned char* r0, const unsigned char* r1,
+                                    Py_ssize_t ow, int swap, float* o) noexcept nogil
+
+
 def bin2x2(const float[:, :] src, float[:, ::1] out):
     """out[i, j] = mean of the finite values among src[2i:2i+2, 2j:2j+2] (NaN if none)."""
     cdef Py_ssize_t oh = out.shape[0], ow = out.shape[1]
@@ -267,8 +341,6 @@ def bin2x2(const float[:, :] src, float[:, ::1] out):
     cdef Py_ssize_t s0 = src.strides[0], s1 = src.strides[1]
     cdef const char* base = <const char*>&src[0, 0]
     cdef Py_ssize_t i, j
-    cdef const float* r0
-    cdef const float* r1
     cdef const char* c0
     cdef const char* c1
     cdef float* o
@@ -277,18 +349,8 @@ def bin2x2(const float[:, :] src, float[:, ::1] out):
         for i in range(oh):
             o = &out[i, 0]
             if s1 == <Py_ssize_t>sizeof(float):
-                r0 = <const float*>(base + (2 * i) * s0)
-                r1 = <const float*>(base + (2 * i + 1) * s0)
-                for j in range(ow):
-                    a = r0[2 * j]
-                    b = r0[2 * j + 1]
-                    c = r1[2 * j]
-                    d = r1[2 * j + 1]
-                    s = ((a if _finite(a) else 0) + (b if _finite(b) else 0)
-                         + (c if _finite(c) else 0) + (d if _finite(d) else 0))
-                    n = (<float>_finite(a) + <float>_finite(b) + <float>_finite(c)
-                         + <float>_finite(d))
-                    o[j] = s / n
+                _bin_pair(<const unsigned char*>(base + (2 * i) * s0),
+                          <const unsigned char*>(base + (2 * i + 1) * s0), ow, 0, o)
             else:
                 c0 = base + (2 * i) * s0
                 c1 = c0 + s0
@@ -302,6 +364,64 @@ def bin2x2(const float[:, :] src, float[:, ::1] out):
                     n = (<float>_finite(a) + <float>_finite(b) + <float>_finite(c)
                          + <float>_finite(d))
                     o[j] = s / n
+
+
+def bin_raw(const pix_t[:, :] src, bint swap, double bscale, double bzero, bint scale,
+            bint has_blank, int64_t blank, bint flip, float[:, ::1] out):
+    """out = bin2x2(to_float32(src, ...)) in one pass, without the float32 window.
+
+    out[i] is the mean of the finite values of the 2x2 blocks of rows 2i and 2i+1 of the
+    converted window (with ``flip``, converted row r is src row h-1-r: out[i] bins src rows
+    h-1-2i and h-2-2i). Unscaled float32 samples are binned straight from their bytes; other
+    samples are converted two rows at a time (as to_float32 does) into a scratch of two rows.
+    """
+    cdef Py_ssize_t h = src.shape[0], w = src.shape[1]
+    cdef Py_ssize_t oh = out.shape[0], ow = out.shape[1]
+    if h < 2 * oh or w < 2 * ow:
+        raise ValueError("src is too small for out")
+    if oh == 0 or ow == 0:
+        return
+    cdef Py_ssize_t s0 = src.strides[0], s1 = src.strides[1]
+    cdef const char* base = <const char*>&src[0, 0]
+    cdef bint direct = False
+    if pix_t is float:
+        direct = not scale and s1 == 4
+    cdef bint contiguous = s1 == <Py_ssize_t>sizeof(pix_t)
+    cdef float* work = NULL
+    cdef pix_t* tmp = NULL
+    if not direct:
+        work = <float*>malloc(2 * w * sizeof(float))
+        tmp = <pix_t*>malloc(w * sizeof(pix_t))
+        if work == NULL or tmp == NULL:
+            free(work)
+            free(tmp)
+            raise MemoryError()
+    cdef Py_ssize_t i, k, r
+    cdef const char* rows[2]
+    cdef pix_t bval = <pix_t>blank
+    try:
+        with nogil:
+            for i in range(oh):
+                for k in range(2):
+                    r = 2 * i + k
+                    rows[k] = base + (h - 1 - r if flip else r) * s0
+                if direct:
+                    _bin_pair(<const unsigned char*>rows[0], <const unsigned char*>rows[1], ow,
+                              swap, &out[i, 0])
+                    continue
+                for k in range(2):
+                    if contiguous and not swap:
+                        _convert_row(<const pix_t*>rows[k], 2 * ow, bscale, bzero, scale,
+                                     has_blank, bval, work + k * w)
+                    else:
+                        _gather_row(rows[k], s1, 2 * ow, swap, tmp)
+                        _convert_row(<const pix_t*>tmp, 2 * ow, bscale, bzero, scale, has_blank,
+                                     bval, work + k * w)
+                _bin_pair(<const unsigned char*>work, <const unsigned char*>(work + w), ow, 0,
+                          &out[i, 0])
+    finally:
+        free(work)
+        free(tmp)
 
 
 # ----------------------------------------------------------------------------------------------

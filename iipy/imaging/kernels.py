@@ -57,6 +57,7 @@ __all__ = [
     "STRETCH_SQRT",
     "asinh_beta",
     "bin2x2",
+    "bin_raw",
     "cmap_code",
     "equalization_table",
     "equalize",
@@ -386,13 +387,21 @@ def _ref_bin2x2(src: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     p = [a[..., dy : 2 * oh : 2, dx : 2 * ow : 2] for dy in (0, 1) for dx in (0, 1)]
     ok = [np.isfinite(q) for q in p]
     zero = _F32(0)
-    s = np.where(ok[0], p[0], zero) + np.where(ok[1], p[1], zero)
-    s = s + np.where(ok[2], p[2], zero)
-    s = s + np.where(ok[3], p[3], zero)
-    n = ok[0].astype(np.float32) + ok[1] + ok[2] + ok[3]
-    with np.errstate(invalid="ignore"):
+    with np.errstate(over="ignore", invalid="ignore"):
+        s = np.where(ok[0], p[0], zero) + np.where(ok[1], p[1], zero)
+        s = s + np.where(ok[2], p[2], zero)
+        s = s + np.where(ok[3], p[3], zero)
+        n = ok[0].astype(np.float32) + ok[1] + ok[2] + ok[3]
         res[...] = s / n
     return res
+
+
+def _ref_bin_raw(raw: np.ndarray, bscale: float = 1.0, bzero: float = 0.0,
+                 blank: int | None = None, flip: bool = False,
+                 out: np.ndarray | None = None) -> np.ndarray:
+    a = _check_raw(raw)
+    res = _check_out(out, (a.shape[0] // 2, a.shape[1] // 2))
+    return _ref_bin2x2(_ref_to_float32(a, bscale, bzero, blank, flip), out=res)
 
 
 def _ref_colormap(v: np.ndarray, cmap: int) -> np.ndarray:
@@ -568,6 +577,7 @@ def _ref_stiff_chunk(values: np.ndarray, level: float = STIFF_MAX_LEVEL,
 reference = SimpleNamespace(
     to_float32=_ref_to_float32,
     bin2x2=_ref_bin2x2,
+    bin_raw=_ref_bin_raw,
     render=_ref_render,
     colormap=_ref_colormap,
     quantise=_ref_quantise,
@@ -790,6 +800,38 @@ def bin2x2(src: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     else:
         for k in range(a.shape[0]):
             _ck.bin2x2(a[k], res[k])
+    return res
+
+
+def bin_raw(raw: np.ndarray, bscale: float = 1.0, bzero: float = 0.0, blank: int | None = None,
+            flip: bool = False, out: np.ndarray | None = None) -> np.ndarray:
+    """``bin2x2(to_float32(raw, bscale, bzero, blank, flip))`` in one pass over the samples:
+    float32 (h//2, w//2), the same values bit for bit, without the float32 window.
+
+    raw: (h, w) FITS samples as for :func:`to_float32` (either byte order, any strides).
+    Unscaled float32 samples are binned straight from their bytes; the others are converted
+    two rows at a time into a scratch that stays in the processor's cache.
+    """
+    if _ck is None:
+        return _ref_bin_raw(raw, bscale, bzero, blank, flip, out)
+    a = _check_raw(raw)
+    res = _check_out(out, (a.shape[0] // 2, a.shape[1] // 2))
+    bscale = float(bscale)
+    bzero = float(bzero)
+    b = _blank_for(a, blank)
+    if res.size == 0:
+        return res
+    if not a.flags.aligned:
+        a = np.array(a, dtype=a.dtype.newbyteorder("="), order="C")
+    swap = not a.dtype.isnative
+    if swap:
+        a = a.view(a.dtype.newbyteorder("="))
+    if b is None:
+        b64 = 0
+    else:
+        b64 = b - (1 << 64) if b >= (1 << 63) else b
+    _ck.bin_raw(a, swap, bscale, bzero, not _is_unscaled(bscale, bzero), b is not None, b64,
+                bool(flip), res)
     return res
 
 
