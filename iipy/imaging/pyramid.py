@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = pyramid_dir.FORMAT_VERSION
 #: Bytes of float32 rows read at once while binning (bounds the build's memory, and that
 #: of a window computed from full resolution).
-BAND_BYTES = 32 << 20
+BAND_BYTES = 8 << 20
 #: Full-resolution rows sampled for the display range.
 STAT_ROWS = 512
 STAT_COLS = 2048
@@ -487,65 +487,136 @@ class Pyramid:
 
     # --- building ----------------------------------------------------------------------
 
-    def _allocate(self, k: int, files: list[str] | None) -> np.ndarray:
-        shape = self._shapes()[k - 1]
-        if files is None:
-            return np.empty(shape, np.float32)
-        return np.memmap(files[k - 1], np.float32, mode="r+", shape=shape)
-
     def _build(self, files: list[str] | None) -> None:
         """Every level and the display ranges, in one pass over the data: into the
-        preallocated temporary ``files`` (renamed into place level by level), or in
-        memory when there are none."""
+        preallocated temporary ``files`` (renamed into place once all are written), or in
+        memory when there are none.
+
+        Each channel is read once, in bands of rows in the order of the file (the bottom
+        of the IIP image first), each band binned to level 1 straight from its raw samples
+        (``read_rows(binned=True)``); every band of a level, once complete, is written out
+        and binned into the next level, so all levels fill in the same pass with a few
+        bands of memory. Rows reach the files with ``pwrite`` from reused buffers."""
         image, grid = self.image, self.grid
         nlevels = grid.num_resolutions - 1
-        step_y = max(1, image.height // STAT_ROWS)
-        step_x = max(1, image.width // STAT_COLS)
-        samples: list[list[np.ndarray]] = [[] for _ in range(image.channels)]
-        levels: list[np.ndarray] = []
         if nlevels == 0:
             self.levels = []
             self.ranges = self._sample_ranges()
             self._built = True
             return
-        for k in range(1, nlevels + 1):
-            out = self._allocate(k, files)
-            _, out_h, out_w = out.shape
-            src_w = image.width if k == 1 else levels[-1].shape[2]
-            band = max(1, BAND_BYTES // (8 * max(src_w, 1)))
-            if k == 1:  # buffers reused by every band: no page faults after the first
-                band_out = np.empty((2 * min(band, out_h), image.width), np.float32)
-                scratch = bytearray(band_out.nbytes * 2)  # raw samples: up to 8 bytes each
+        shapes = self._shapes()
+        h1 = shapes[0][1]
+        band = max(2, BAND_BYTES // (8 * max(image.width, 1)) // 2 * 2)  # level-1 rows
+        step_y = max(1, image.height // STAT_ROWS)
+        step_x = max(1, image.width // STAT_COLS)
+        progress, fif = self.progress, image.ref.fif
+        writer = _LevelWriter(shapes, files, band)
+        if progress is not None:  # every band of every level reports (and beats the heart)
+            writer.report = lambda: progress(fif, writer.fraction)
+        ranges = []
+        try:
             for c in range(image.channels):
-                for y0 in range(0, out_h, band):
-                    y1 = min(out_h, y0 + band)
-                    if k == 1:
-                        rows = image.read_rows(c, 2 * y0, 2 * (y1 - y0),
-                                               out=band_out[: 2 * (y1 - y0)], scratch=scratch)
-                        # display-range samples: the rows of this band on the sampling grid
-                        first = (-(2 * y0)) % step_y
-                        for r in range(first, rows.shape[0], step_y):
-                            samples[c].append(rows[r, ::step_x].copy())
-                    else:
-                        rows = np.ascontiguousarray(levels[-1][c, 2 * y0 : 2 * y1])
-                    kernels.bin2x2(rows, out=out[c, y0:y1, :out_w])
-                    if self.progress is not None:
-                        done = (c + y1 / out_h) / image.channels
-                        self.progress("%s: level %d of %d" % (image.ref.fif, k, nlevels), done)
-                if k == 1 and 2 * out_h < image.height:  # rows dropped by floor halving
-                    for y in range(2 * out_h, image.height):
-                        if y % step_y == 0:
-                            samples[c].append(image.read_rows(c, y, 1)[0, ::step_x])
-            if files is not None:
-                # no msync: every worker maps the same page-cache pages (whose blocks
-                # were reserved), and the rename (then meta.json, written last) is what
-                # publishes the level
-                shape = out.shape
-                del out
-                final = os.path.join(os.path.dirname(files[k - 1]), "level%d.f32" % k)
-                os.replace(files[k - 1], final)
-                out = np.memmap(final, np.float32, mode="r", shape=shape)
-            levels.append(out)
+                samples: list[np.ndarray] = []
+
+                def take(values: np.ndarray, y0: int, n: int) -> None:
+                    # the rows of the sampling grid among IIP rows [y0, y0 + n), which
+                    # come in the order of the file: the last one first
+                    rows = values.reshape(n, -1)
+                    for y in range(y0 + (-y0) % step_y, y0 + n, step_y):
+                        samples.append(rows[y0 + n - 1 - y, ::step_x].astype(np.float32))
+
+                for y in range(2 * h1, image.height):  # the row dropped by floor halving
+                    image.read_rows(c, y, 1, samples=lambda v, y=y: take(v, y, 1))
+                for j in range((h1 - 1) // band, -1, -1):
+                    top, end = j * band, min(h1, (j + 1) * band)
+                    out = writer.slot(1, c, top, end - top)
+                    image.read_rows(c, 2 * top, 2 * (end - top), out=out, binned=True,
+                                    samples=lambda v, y0=2 * top, n=2 * (end - top):
+                                    take(v, y0, n))
+                    writer.fraction = (c + (h1 - top) / h1) / image.channels
+                    writer.done(1, c, top, end - top)
+                ranges.append(robust_range(np.concatenate(samples)))
+            levels = writer.finish()
+        finally:
+            writer.close()
         self.levels = list(levels)
-        self.ranges = [robust_range(np.concatenate(s)) for s in samples]
+        self.ranges = ranges
         self._built = True
+
+
+class _LevelWriter:
+    """The rows of every level of one pass, received bottom up (IIP order reversed), kept
+    in a buffer of ``band`` rows per level (rows [j band, (j + 1) band)) and, when a band is
+    complete, written to its level (``pwrite`` into the preallocated temporary file, or a
+    copy into an array) and binned into the next level's buffer."""
+
+    def __init__(self, shapes: list[tuple[int, int, int]], files: list[str] | None,
+                 band: int) -> None:
+        self.shapes = shapes
+        self.files = files
+        self.band = band
+        self.fds: list[int] = []
+        self.arrays: list[np.ndarray] = []
+        if files is None:
+            self.arrays = [np.empty(shape, np.float32) for shape in shapes]
+        else:
+            for path in files:
+                self.fds.append(os.open(path, os.O_WRONLY | os.O_CLOEXEC))
+        self.bufs = [np.empty((min(band, h), w), np.float32) for _, h, w in shapes]
+        #: Called after each band written, with ``fraction`` the share of the pass done.
+        self.report: Callable[[], None] | None = None
+        self.fraction = 0.0
+
+    def slot(self, k: int, c: int, top: int, n: int) -> np.ndarray:
+        """Where rows [top, top + n) of level k go (within one band)."""
+        start = top - top // self.band * self.band
+        return self.bufs[k - 1][start : start + n]
+
+    def done(self, k: int, c: int, top: int, n: int) -> None:
+        """Rows [top, top + n) of level k, channel c, are in their slot; the band is
+        complete when its first row has come (rows come bottom up)."""
+        first = top // self.band * self.band
+        if top != first:
+            return
+        _, h, w = self.shapes[k - 1]
+        end = min(h, first + self.band)
+        rows = self.bufs[k - 1][: end - first]
+        if self.files is None:
+            self.arrays[k - 1][c, first:end] = rows
+        else:
+            _pwrite_all(self.fds[k - 1], rows, 4 * (c * h * w + first * w))
+        if self.report is not None:
+            self.report()
+        if k < len(self.shapes):
+            pairs = min(end, 2 * self.shapes[k][1]) - first
+            if pairs >= 2:
+                n_next = pairs // 2
+                out = self.slot(k + 1, c, first // 2, n_next)
+                kernels.bin2x2(rows[: 2 * n_next], out=out)
+                self.done(k + 1, c, first // 2, n_next)
+
+    def finish(self) -> list[np.ndarray]:
+        """The levels: the arrays, or the files closed, renamed into place and mapped."""
+        if self.files is None:
+            return self.arrays
+        # no fsync: every worker maps the same page-cache pages (whose blocks were
+        # reserved), and the renames (then meta.json, written last) publish the levels
+        self.close()
+        levels = []
+        for k, (path, shape) in enumerate(zip(self.files, self.shapes), start=1):
+            final = os.path.join(os.path.dirname(path), "level%d.f32" % k)
+            os.replace(path, final)
+            levels.append(np.memmap(final, np.float32, mode="r", shape=shape))
+        return levels
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
+
+
+def _pwrite_all(fd: int, rows: np.ndarray, offset: int) -> None:
+    view = memoryview(rows).cast("B")
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n

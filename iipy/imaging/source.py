@@ -12,7 +12,7 @@ method of both interfaces raises only the domain errors of ``iipy.errors``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -57,8 +57,10 @@ class ImageSource(Protocol):
         ...
 
     def read_rows(self, channel: int, y: int, h: int, out: np.ndarray | None = None,
-                  scratch: bytearray | None = None) -> np.ndarray:
-        """Whole full-resolution rows [y, y + h) of one channel as float32 (h, width)."""
+                  binned: bool = False, samples: Callable[[np.ndarray], None] | None = None) -> np.ndarray:
+        """Whole full-resolution rows [y, y + h) of one channel as float32 (h, width), or
+        with ``binned`` their 2x2 means (h // 2, width // 2); ``samples(values)`` is called
+        first with the values of the rows in the order of the file."""
         ...
 
     def values(self, x: int, y: int, w: int, h: int) -> np.ndarray:

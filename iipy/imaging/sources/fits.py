@@ -14,10 +14,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import mmap
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from astropy.io import fits
@@ -49,21 +50,14 @@ class Plane:
     def window(self, top: int, h: int, x: int, w: int) -> np.ndarray:
         return self.raw[top : top + h, x : x + w]
 
-    def rows(self, fd: int, top: int, h: int, scratch: bytearray | None = None) -> np.ndarray:
-        """Whole rows [top, top + h) read with one ``pread`` (into ``scratch`` when it is
-        large enough): for long sequential reads (the pyramid build) this avoids a page
-        fault per page of the memory map."""
-        if self.offset is None:
-            return np.asarray(self.raw[top : top + h, :])
+    def mapped(self, data: np.ndarray, top: int, h: int) -> tuple[np.ndarray, int, int]:
+        """Whole rows [top, top + h) as a view of ``data``, the bytes of the whole file
+        (uncompressed data only), with the byte range they cover."""
+        assert self.offset is not None
         dtype, width = self.raw.dtype, self.raw.shape[1]
+        start = self.offset + top * width * dtype.itemsize
         nbytes = h * width * dtype.itemsize
-        if scratch is None or len(scratch) < nbytes:
-            scratch = bytearray(nbytes)
-        view = memoryview(scratch)[:nbytes]
-        got = os.preadv(fd, [view], self.offset + top * width * dtype.itemsize)
-        if got != nbytes:
-            raise OSError("short read: %d of %d bytes" % (got, nbytes))
-        return np.frombuffer(view, dtype).reshape(h, width)
+        return data[start : start + nbytes].view(dtype).reshape(h, width), start, nbytes
 
 
 class _SectionPlane:
@@ -171,7 +165,8 @@ class FitsImage:
         else:
             self.labels = channel_labels(hdr, self.channels)
         self._subject: str | None = None
-        self._fd: int | None = None
+        self._map: mmap.mmap | None = None
+        self._map_data: np.ndarray | None = None
         #: a cube or a set of extensions: cut-outs keep the third axis
         self._cube = len(hdus) > 1 or int(hdr["NAXIS"]) >= 3
         self._celestial: Celestial | None | bool = False  # False: not looked at yet
@@ -188,17 +183,67 @@ class FitsImage:
                                       out=out)
 
     def read_rows(self, channel: int, y: int, h: int, out: np.ndarray | None = None,
-                  scratch: bytearray | None = None) -> np.ndarray:
+                  binned: bool = False, samples: Callable[[np.ndarray], None] | None = None) -> np.ndarray:
         """Whole full-resolution rows [y, y + h) (IIP coordinates) of one channel as
-        float32 (h, W), read from the file rather than through the memory map; ``out``
-        and ``scratch`` let a long sequence of reads reuse its buffers."""
+        float32 (h, W), for long sequential reads (the pyramid build): read through a
+        memory map of this image's own whose pages are let go of once read, so the process
+        never holds more of the file than the rows it works on; ``out`` lets a sequence of
+        reads reuse its buffer.
+
+        ``binned``: the 2x2 means of those rows instead, float32 (h // 2, W // 2), computed
+        from the raw samples in one pass (``kernels.bin_raw``). ``samples(values)`` is
+        called first with the values of the rows in the order of the file (the last IIP row
+        first), float32 in either byte order: the raw samples themselves when they are
+        unscaled float32 (a view valid during the call only)."""
         plane = self._planes[channel]
         with self._reading():
-            if self._fd is None:
-                self._fd = os.open(self.ref.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-            raw = plane.rows(self._fd, self.height - y - h, h, scratch)
-            return kernels.to_float32(raw, plane.bscale, plane.bzero, plane.blank, flip=True,
-                                      out=out)
+            if plane.offset is None:  # tile-compressed: the tiles the rows cross
+                raw = np.asarray(plane.window(self.height - y - h, h, 0, self.width))
+                return self._convert_rows(plane, raw, out, binned, samples)
+            data = self._file_map()
+            raw, start, nbytes = plane.mapped(data, self.height - y - h, h)
+            try:
+                return self._convert_rows(plane, raw, out, binned, samples)
+            finally:
+                del raw
+                self._unmap_pages(start, nbytes)
+
+    def _file_map(self) -> np.ndarray:
+        """The bytes of the whole file through a read-only memory map, advised sequential."""
+        if self._map_data is None:
+            fd = os.open(self.ref.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            try:
+                self._map = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+            finally:
+                os.close(fd)
+            self._map.madvise(mmap.MADV_SEQUENTIAL)
+            self._map_data = np.frombuffer(self._map, np.uint8)
+        return self._map_data
+
+    def _unmap_pages(self, start: int, nbytes: int) -> None:
+        """Drop this process's mapping of the pages of bytes [start, start + nbytes) (the
+        page cache keeps them)."""
+        assert self._map is not None
+        page = mmap.PAGESIZE
+        lo = start // page * page
+        hi = min(len(self._map), -(-(start + nbytes) // page) * page)
+        if hi > lo:
+            self._map.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+
+    @staticmethod
+    def _convert_rows(plane: Plane, raw: np.ndarray, out: np.ndarray | None, binned: bool,
+                      samples: Callable[[np.ndarray], None] | None) -> np.ndarray:
+        if samples is not None:
+            if raw.dtype.kind == "f" and raw.dtype.itemsize == 4 and (
+                    plane.bscale == 1.0 and plane.bzero == 0.0):
+                samples(raw)
+            else:
+                samples(kernels.to_float32(raw, plane.bscale, plane.bzero, plane.blank))
+        if binned:
+            return kernels.bin_raw(raw, plane.bscale, plane.bzero, plane.blank, flip=True,
+                                   out=out)
+        return kernels.to_float32(raw, plane.bscale, plane.bzero, plane.blank, flip=True,
+                                  out=out)
 
     def values(self, x: int, y: int, w: int, h: int) -> np.ndarray:
         """Calibrated values (raw * BSCALE + BZERO, BLANK as NaN) of a full-resolution
@@ -284,10 +329,14 @@ class FitsImage:
         return self._celestial
 
     def close(self) -> None:
-        fd = getattr(self, "_fd", None)
-        if fd is not None:
-            os.close(fd)
-            self._fd = None
+        mapped = getattr(self, "_map", None)
+        if mapped is not None:
+            self._map_data = None
+            try:
+                mapped.close()
+            except BufferError:  # pragma: no cover - a view still held: closed when freed
+                pass
+            self._map = None
         hdul = getattr(self, "_hdul", None)
         if hdul is not None:
             try:
