@@ -15,7 +15,8 @@ through nginx with ``--nginx``):
   which needs the default display range and so the pyramid;
 * first tile: then ``JTL=0,0`` of the lowest level as VisiOmatic 2 asks for it;
 
-and samples every worker's ``/proc/PID/smaps_rollup`` every few milliseconds until the
+the CPU time the workers used meanwhile (less sensitive than the wall time to other
+work on a shared machine), and samples every worker's ``/proc/PID/smaps_rollup`` every few milliseconds until the
 tile is served: the peak of its private memory (``Private_Clean + Private_Dirty``: pages
 mapped by this process alone, anonymous or of files, such as level files written through
 a shared memory map) and of its anonymous memory (``Anonymous``: what it allocated).  At
@@ -166,6 +167,16 @@ class Sampler(threading.Thread):
         self.sample()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def disk_bytes(directory: Path) -> int:
     """Bytes allocated to the files under ``directory``."""
     total = 0
@@ -261,18 +272,20 @@ def one_run(work: Path, image: Path, workers: int, use_nginx: bool, label: str) 
     try:
         sampler = Sampler(server.workers)
         sampler.start()
+        cpu0 = sum(cpu_seconds(p) for p in server.workers)
         t0 = time.perf_counter()
         meta = server.get("FIF=%s&%s" % (image.name, METADATA))
         t1 = time.perf_counter()
         tile = server.get("FIF=%s&GAM=0.4545&CTW=1;1;1&JTL=0,0" % image.name)
         t2 = time.perf_counter()
+        cpu = sum(cpu_seconds(p) for p in server.workers) - cpu0
         sampler.stop()
         if b"Min-Max-sample-values:" not in meta or not tile.startswith(b"\xff\xd8"):
             raise SystemExit("bench: unexpected answers %r / %r" % (meta[:200], tile[:20]))
         pyramid = disk_bytes(run / "pyramids")
         rng = [line for line in meta.decode("latin-1").split("\r\n")
                if line.startswith("Min-Max")][0]
-        return {"metadata": t1 - t0, "tile": t2 - t0,
+        return {"metadata": t1 - t0, "tile": t2 - t0, "cpu": cpu,
                 "private": max(sampler.peak_private.values()) / 1024,
                 "anon": max(sampler.peak_anon.values()) / 1024,
                 "idle": max(v[0] for v in sampler.baseline.values()) / 1024,
@@ -318,10 +331,11 @@ def main() -> int:
             runs = [one_run(work, image, workers, args.nginx, "%d-%d" % (s, workers))
                     for _ in range(args.repeat)]
             title = "%d GiB (%dx%d), %d worker%s" % (s, n, n, workers, "s" * (workers > 1))
-            line = ("%-30s metadata %s s, first tile %s s, peak private %s MB "
+            line = ("%-30s metadata %s s, first tile %s s (worker CPU %s s), peak private %s MB "
                     "(anonymous %s MB; %s MB idle), pyramid %.3fx the float32 image"
                     % (title, spread([r["metadata"] for r in runs], "%.3f"),
                        spread([r["tile"] for r in runs], "%.3f"),
+                       spread([r["cpu"] for r in runs], "%.2f"),
                        spread([r["private"] for r in runs], "%.0f"),
                        spread([r["anon"] for r in runs], "%.0f"),
                        spread([r["idle"] for r in runs], "%.0f"),
