@@ -20,6 +20,7 @@ from astropy.io import fits
 from PIL import Image
 
 from iipy.errors import UnreadableImage
+from iipy.imaging.kernels import reference
 from iipy.imaging.paths import ImageRef
 from iipy.imaging.source import DisplayRange, ImageSource, LevelledSource
 from iipy.imaging.sources import tiff as tiffsrc
@@ -446,6 +447,11 @@ def test_image_source_interface(tmp_path):
         assert im.read(2, 5, 6, 7, 8, out=out) is out
         np.testing.assert_array_equal(out, levels[0][6:14, 5:12, 2])
         np.testing.assert_array_equal(im.read_rows(1, 100, 3), levels[0][100:103, :, 1])
+        seen = []
+        binned = im.read_rows(1, 100, 4, binned=True, samples=seen.append)
+        np.testing.assert_array_equal(seen[0], levels[0][100:104, :, 1])
+        np.testing.assert_array_equal(
+            binned, reference.bin2x2(levels[0][100:104, :, 1].astype(np.float32)))
         assert im.stored_jpeg(0, 0) is None  # not JPEG-compressed
     fits_path = str(tmp_path / "img.fits")
     fits.writeto(fits_path, np.zeros((10, 12), np.float32))

@@ -48,6 +48,7 @@ import numpy as np
 import tifffile
 
 from iipy.errors import UnreadableImage
+from iipy.imaging import kernels
 from iipy.imaging.paths import ImageRef
 from iipy.imaging.source import DisplayRange
 
@@ -618,9 +619,15 @@ class TiffImage:
         return out
 
     def read_rows(self, channel: int, y: int, h: int, out: np.ndarray | None = None,
-                  scratch: bytearray | None = None) -> np.ndarray:
-        """Whole full-resolution rows [y, y + h) of one channel as float32 (h, width)."""
-        return self.read(channel, 0, y, self.width, h, out)
+                  binned: bool = False,
+                  samples: Callable[[np.ndarray], None] | None = None) -> np.ndarray:
+        """Whole full-resolution rows [y, y + h) of one channel as float32 (h, width), or
+        with ``binned`` their 2x2 means (h // 2, width // 2); ``samples(values)`` is called
+        first with the values of the rows (top row first, the order of the file)."""
+        rows = self.read(channel, 0, y, self.width, h, None if binned else out)
+        if samples is not None:
+            samples(rows)
+        return kernels.bin2x2(rows, out=out) if binned else rows
 
     def values(self, x: int, y: int, w: int, h: int) -> np.ndarray:
         """The stored values of a full-resolution window, every channel, float64."""
