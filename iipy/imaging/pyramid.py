@@ -2,19 +2,21 @@
 
 Level k >= 1 is a native float32 array (C, floor(H/2^k), floor(W/2^k)) in IIP orientation
 (top row first); each pixel is the mean of the finite values of a 2x2 block of level
-k - 1 (``kernels.bin2x2``).  Level 1 is binned from the FITS data in bands of rows, each
-later level from the one above, so memory stays bounded whatever the image size.  The
-default display ranges are computed in the same pass, from evenly spaced full-resolution
-rows.
+k - 1 (``kernels.bin2x2``).  All levels are built in one pass per channel: the FITS data
+is read once, in bands of rows in the order of the file, each band binned to level 1
+straight from its raw samples (``kernels.bin_raw``), and each level's band, once complete,
+binned into the next level and written out, so memory stays bounded whatever the image
+size.  The default display ranges are computed in the same pass, from evenly spaced
+full-resolution rows.
 
 On disk (``IIPY_CACHE_DIR``) a pyramid is a directory named after a hash of the image's
 identity (real path, extension, size, mtime) and of this format's version: one
 ``levelK.f32`` file per level and ``meta.json``, written last.  Under an exclusive
 ``fcntl`` lock one worker builds while the others wait: every level file is first
-preallocated in full (``posix_fallocate``), so that writing through its memory map can
-never meet a full file system (which would kill the worker with SIGBUS), then written
-under a temporary name and renamed into place; a directory without ``meta.json``, or
-whose level files do not have their full size, is never read.  Every worker that has
+preallocated in full (``posix_fallocate``), so that a full file system fails the build
+before it starts, then written (``pwrite``) under a temporary name and renamed into
+place; a directory without ``meta.json``, or whose level files do not have their full
+size, is never read.  Every worker that has
 the pyramid open holds a shared lock on it, so that it is never evicted while in use;
 ``pyramid_dir`` keeps the directory within its bound.
 
