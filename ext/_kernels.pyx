@@ -885,6 +885,132 @@ cdef extern from *:
                                     unsigned char* o) noexcept nogil
 
 
+cdef struct _Plan:
+    # the render pipeline of one call, set up by _plan_init
+    Py_ssize_t w, nin, kmix, ncomp
+    const float* mins
+    const float* factors
+    const float* ctw
+    Py_ssize_t ctw_cols
+    bint has_ctw, use_gamma, use_lut, invert, simple_grey
+    int stretch, cmap
+    float gamma, lut_lo, lut_hi, contrast
+    double p0, p1
+    const float* lutp
+    unsigned char* need  # nin flags: input channels some used CTW row reads
+    unsigned char* used  # nchan flags: channels a row of output reads
+    float* work
+    float* comp[3]
+
+
+cdef int _plan_init(_Plan* p, Py_ssize_t nchan, Py_ssize_t h, Py_ssize_t w,
+                    const float[::1] mins, const float[::1] factors, const float[:, ::1] ctw,
+                    bint has_ctw, int stretch, float gamma, double p0, double p1,
+                    bint use_gamma, const float[::1] lut, float lut_lo, float lut_hi,
+                    bint invert, int cmap, float contrast, unsigned char[:, ::1] out) except -1:
+    """Validate the arguments of render and set up its plan; 1 when there is work, 0 for an
+    empty output. The caller frees p.work, p.need and p.used."""
+    cdef Py_ssize_t ncomp = 1 if (nchan <= 2 or cmap != CM_NONE) else 3
+    cdef Py_ssize_t nout = 3 if (cmap != CM_NONE or nchan >= 3) else 1
+    cdef Py_ssize_t nrows = ctw.shape[0], ncols = ctw.shape[1]
+    cdef Py_ssize_t nin = ncols if ncols < nchan else nchan
+    cdef Py_ssize_t kmix = nrows if nrows < ncomp else ncomp
+    cdef bint use_lut = use_gamma and lut_hi > lut_lo
+    cdef Py_ssize_t j, k
+    p.work = NULL
+    p.need = NULL
+    p.used = NULL
+    if cmap < CM_NONE or cmap > CM_BLUE:
+        raise ValueError("unknown colormap")
+    if stretch < _ST_POWER or stretch > _ST_SQRT or (use_lut and stretch == _ST_SQRT):
+        raise ValueError("unknown stretch")
+    if mins.shape[0] < nchan or factors.shape[0] < nchan:
+        raise ValueError("per-channel arrays are too short")
+    if out.shape[0] != h or out.shape[1] != w * nout:
+        raise ValueError("out has the wrong shape")
+    if use_lut and (lut_lo != 2.0 ** _EMIN or lut.shape[0] < 2 or
+                    <double>lut_hi > 2.0 ** (<double>(lut.shape[0] - 1) / (1 << _MBITS) + _EMIN)):
+        raise ValueError("gamma table too short for its range")
+    if h == 0 or w == 0:
+        return 0
+    if not has_ctw:
+        nin = 0
+        kmix = 0
+    p.w, p.nin, p.kmix, p.ncomp = w, nin, kmix, ncomp
+    p.mins, p.factors = &mins[0], &factors[0]
+    p.ctw, p.ctw_cols = &ctw[0, 0], ncols
+    p.has_ctw, p.use_gamma, p.use_lut, p.invert = has_ctw, use_gamma, use_lut, invert
+    p.simple_grey = ncomp == 1 and not has_ctw and not use_gamma and cmap == CM_NONE
+    p.stretch, p.cmap = stretch, cmap
+    p.gamma, p.lut_lo, p.lut_hi, p.contrast = gamma, lut_lo, lut_hi, contrast
+    p.p0, p.p1 = p0, p1
+    p.lutp = &lut[0]
+    # Work rows: normalised inputs read by the CTW (nin rows), then 3 component rows.
+    p.work = <float*>malloc(((nin + 3) * w + 1) * sizeof(float))
+    p.need = <unsigned char*>malloc(nin + 1)
+    p.used = <unsigned char*>malloc(nchan + 1)
+    if p.work == NULL or p.need == NULL or p.used == NULL:
+        raise MemoryError()
+    for k in range(3):
+        p.comp[k] = p.work + (nin + k) * w
+    for j in range(nin):
+        p.need[j] = 0
+        for k in range(kmix):
+            if ctw[k, j] != 0:
+                p.need[j] = 1
+    for k in range(nchan):
+        if p.simple_grey:
+            p.used[k] = k == 0
+        elif has_ctw:
+            p.used[k] = k < nin and p.need[k]
+        else:
+            p.used[k] = k < ncomp
+    return 1
+
+
+cdef void _plan_free(_Plan* p) noexcept:
+    free(p.work)
+    free(p.need)
+    free(p.used)
+
+
+cdef void _render_row(const _Plan* p, const float** rows, unsigned char* orow) noexcept nogil:
+    """One output row from the rows of the input channels (those p.used marks)."""
+    cdef Py_ssize_t j, k, w = p.w
+    cdef float* nrm = p.work
+    if p.simple_grey:
+        _grey_row(rows[0], w, p.mins[0], p.factors[0], p.invert, p.contrast, orow)
+        return
+    # 1. normalise, 2. CTW; 3. band flattening = computing ncomp components only
+    if p.has_ctw:
+        for j in range(p.nin):
+            if p.need[j]:
+                _norm_row(rows[j], w, p.mins[j], p.factors[j], nrm + j * w)
+        for k in range(p.ncomp):
+            if k < p.kmix:
+                _mix_row(nrm, w, p.ctw + k * p.ctw_cols, p.nin, w, p.comp[k])
+            else:
+                for j in range(w):
+                    p.comp[k][j] = 0
+    else:
+        for k in range(p.ncomp):
+            _norm_row(rows[k], w, p.mins[k], p.factors[k], p.comp[k])
+    # 4. GAM, 5. INV
+    for k in range(p.ncomp):
+        if p.use_gamma:
+            _stretch_row(p.comp[k], w, p.stretch, p.gamma, p.p0, p.p1, p.lutp, p.lut_lo,
+                         p.lut_hi, p.use_lut, p.invert)
+        elif p.invert:
+            _invert_row(p.comp[k], w)
+    # 6. CMP, 7. quantise with CNT
+    if p.cmap != CM_NONE:
+        _cmap_row(p.comp[0], w, p.cmap, p.contrast, orow)
+    elif p.ncomp == 3:
+        _rgb_row(p.comp[0], p.comp[1], p.comp[2], w, p.contrast, orow)
+    else:
+        _quant_row(p.comp[0], w, p.contrast, orow)
+
+
 def render(const float[:, :, ::1] src, const float[::1] mins, const float[::1] factors,
            const float[:, ::1] ctw, bint has_ctw, int stretch, float gamma, double p0, double p1,
            bint use_gamma, const float[::1] lut, float lut_lo, float lut_hi, bint invert,
@@ -898,89 +1024,80 @@ def render(const float[:, :, ::1] src, const float[::1] mins, const float[::1] f
     out: (h, w * nout), nout = 3 for colour, else 1.
     """
     cdef Py_ssize_t nchan = src.shape[0], h = src.shape[1], w = src.shape[2]
-    cdef Py_ssize_t ncomp = 1 if (nchan <= 2 or cmap != CM_NONE) else 3
-    cdef Py_ssize_t nout = 3 if (cmap != CM_NONE or nchan >= 3) else 1
-    cdef Py_ssize_t nrows = ctw.shape[0], ncols = ctw.shape[1]
-    cdef Py_ssize_t nin = ncols if ncols < nchan else nchan
-    cdef Py_ssize_t kmix = nrows if nrows < ncomp else ncomp
-    cdef bint use_lut = use_gamma and lut_hi > lut_lo
-    if cmap < CM_NONE or cmap > CM_BLUE:
-        raise ValueError("unknown colormap")
-    if stretch < _ST_POWER or stretch > _ST_SQRT or (use_lut and stretch == _ST_SQRT):
-        raise ValueError("unknown stretch")
-    if mins.shape[0] < nchan or factors.shape[0] < nchan:
-        raise ValueError("per-channel arrays are too short")
-    if out.shape[0] != h or out.shape[1] != w * nout:
-        raise ValueError("out has the wrong shape")
-    if use_lut and (lut_lo != 2.0 ** _EMIN or lut.shape[0] < 2 or
-                    <double>lut_hi > 2.0 ** (<double>(lut.shape[0] - 1) / (1 << _MBITS) + _EMIN)):
-        raise ValueError("gamma table too short for its range")
-    if h == 0 or w == 0:
-        return
-    if not has_ctw:
-        nin = 0
-        kmix = 0
-    # Work rows: normalised inputs read by the CTW (nin rows), then 3 component rows.
-    cdef Py_ssize_t nwork = nin + 3
-    cdef float* work = <float*>malloc((nwork * w + 1) * sizeof(float))
-    cdef unsigned char* need = <unsigned char*>malloc(nin + 1)
-    if work == NULL or need == NULL:
-        free(work)
-        free(need)
-        raise MemoryError()
-    cdef float* nrm = work
-    cdef float* comp[3]
-    cdef Py_ssize_t i, j, k
-    cdef const float* lutp = &lut[0]
-    cdef unsigned char* orow
-    cdef bint simple_grey = (ncomp == 1 and not has_ctw and not use_gamma
-                             and cmap == CM_NONE)
-    for k in range(3):
-        comp[k] = work + (nin + k) * w
-    # Input channels that some used CTW row reads with a non-zero coefficient.
-    for j in range(nin):
-        need[j] = 0
-        for k in range(kmix):
-            if ctw[k, j] != 0:
-                need[j] = 1
+    cdef _Plan p
+    cdef Py_ssize_t i, k
+    cdef const float** rows = NULL
     try:
+        if not _plan_init(&p, nchan, h, w, mins, factors, ctw, has_ctw, stretch, gamma, p0,
+                          p1, use_gamma, lut, lut_lo, lut_hi, invert, cmap, contrast, out):
+            return
+        rows = <const float**>malloc(nchan * sizeof(float*))
+        if rows == NULL:
+            raise MemoryError()
         with nogil:
             for i in range(h):
-                orow = &out[i, 0]
-                if simple_grey:
-                    _grey_row(&src[0, i, 0], w, mins[0], factors[0], invert, contrast, orow)
-                    continue
-                # 1. normalise, 2. CTW; 3. band flattening = computing ncomp components only
-                if has_ctw:
-                    for j in range(nin):
-                        if need[j]:
-                            _norm_row(&src[j, i, 0], w, mins[j], factors[j], nrm + j * w)
-                    for k in range(ncomp):
-                        if k < kmix:
-                            _mix_row(nrm, w, &ctw[k, 0], nin, w, comp[k])
-                        else:
-                            for j in range(w):
-                                comp[k][j] = 0
-                else:
-                    for k in range(ncomp):
-                        _norm_row(&src[k, i, 0], w, mins[k], factors[k], comp[k])
-                # 4. GAM, 5. INV
-                for k in range(ncomp):
-                    if use_gamma:
-                        _stretch_row(comp[k], w, stretch, gamma, p0, p1, lutp, lut_lo, lut_hi,
-                                     use_lut, invert)
-                    elif invert:
-                        _invert_row(comp[k], w)
-                # 6. CMP, 7. quantise with CNT
-                if cmap != CM_NONE:
-                    _cmap_row(comp[0], w, cmap, contrast, orow)
-                elif ncomp == 3:
-                    _rgb_row(comp[0], comp[1], comp[2], w, contrast, orow)
-                else:
-                    _quant_row(comp[0], w, contrast, orow)
+                for k in range(nchan):
+                    rows[k] = &src[k, i, 0]
+                _render_row(&p, rows, &out[i, 0])
     finally:
-        free(work)
-        free(need)
+        free(rows)
+        _plan_free(&p)
+
+
+def render_raw(const pix_t[:, :, :] src, bint swap, double bscale, double bzero, bint scale,
+               bint has_blank, int64_t blank, bint flip, const float[::1] mins,
+               const float[::1] factors, const float[:, ::1] ctw, bint has_ctw, int stretch,
+               float gamma, double p0, double p1, bint use_gamma, const float[::1] lut,
+               float lut_lo, float lut_hi, bint invert, int cmap, float contrast,
+               unsigned char[:, ::1] out):
+    """render(to_float32(src[k], ...) for each channel k, ...) without the float32 window:
+    each row of each channel the pipeline reads is converted (as to_float32 does, with
+    ``flip``: output row i from src row h-1-i) into a one-row buffer just before use."""
+    cdef Py_ssize_t nchan = src.shape[0], h = src.shape[1], w = src.shape[2]
+    cdef _Plan p
+    cdef Py_ssize_t i, k, r
+    cdef const float** rows = NULL
+    cdef float* conv = NULL
+    cdef pix_t* tmp = NULL
+    cdef Py_ssize_t s1 = src.strides[2]
+    cdef bint direct = s1 == <Py_ssize_t>sizeof(pix_t) and not swap
+    cdef bint float_copy = False
+    if pix_t is float:
+        float_copy = not scale
+    cdef pix_t bval = <pix_t>blank
+    cdef const char* row
+    try:
+        if not _plan_init(&p, nchan, h, w, mins, factors, ctw, has_ctw, stretch, gamma, p0,
+                          p1, use_gamma, lut, lut_lo, lut_hi, invert, cmap, contrast, out):
+            return
+        rows = <const float**>malloc(nchan * sizeof(float*))
+        conv = <float*>malloc(nchan * w * sizeof(float))
+        tmp = <pix_t*>malloc(w * sizeof(pix_t))
+        if rows == NULL or conv == NULL or tmp == NULL:
+            raise MemoryError()
+        with nogil:
+            for i in range(h):
+                r = h - 1 - i if flip else i
+                for k in range(nchan):
+                    rows[k] = conv + k * w
+                    if not p.used[k]:
+                        continue
+                    row = <const char*>&src[k, r, 0]
+                    if float_copy:
+                        _gather_row(row, s1, w, swap, <pix_t*>(conv + k * w))
+                    elif direct:
+                        _convert_row(<const pix_t*>row, w, bscale, bzero, scale, has_blank,
+                                     bval, conv + k * w)
+                    else:
+                        _gather_row(row, s1, w, swap, tmp)
+                        _convert_row(<const pix_t*>tmp, w, bscale, bzero, scale, has_blank,
+                                     bval, conv + k * w)
+                _render_row(&p, rows, &out[i, 0])
+    finally:
+        free(rows)
+        free(conv)
+        free(tmp)
+        _plan_free(&p)
 
 
 def stretch_inplace(float[::1] v, int stretch, float gamma, double p0, double p1,

@@ -64,6 +64,7 @@ __all__ = [
     "histogram",
     "reference",
     "render",
+    "render_raw",
     "stiff_chunk",
     "to_float32",
 ]
@@ -573,12 +574,25 @@ def _ref_stiff_chunk(values: np.ndarray, level: float = STIFF_MAX_LEVEL,
     return n, sky, float(upper[top_k - half])
 
 
+def _ref_render_raw(raw: np.ndarray, bscale: float = 1.0, bzero: float = 0.0,
+                    blank: int | None = None, flip: bool = False, *args: Any,
+                    **kwargs: Any) -> np.ndarray:
+    a = np.asarray(raw)
+    if a.ndim == 2:
+        a = a[np.newaxis]
+    if a.ndim != 3 or a.shape[0] < 1:
+        raise ValueError(f"raw must be (C, h, w) or (h, w), got shape {a.shape}")
+    src = np.stack([_ref_to_float32(a[k], bscale, bzero, blank, flip) for k in range(a.shape[0])])
+    return _ref_render(src, *args, **kwargs)
+
+
 #: NumPy twins of the kernels, with the same signatures: ``reference.render(...)`` etc.
 reference = SimpleNamespace(
     to_float32=_ref_to_float32,
     bin2x2=_ref_bin2x2,
     bin_raw=_ref_bin_raw,
     render=_ref_render,
+    render_raw=_ref_render_raw,
     colormap=_ref_colormap,
     quantise=_ref_quantise,
     stretch=_ref_stretch,
@@ -867,6 +881,13 @@ def render(src: np.ndarray, mins: Sequence[float] | np.ndarray | float,
         if autostretch:
             p.narrow(hist)
     _, h, w = p.src.shape
+    return _run_render(p, h, w, hist if equalize else None, _ck.render, p.src)
+
+
+def _run_render(p: _RenderPlan, h: int, w: int, equalize_hist: np.ndarray | None,
+                kernel: Any, *lead: Any) -> np.ndarray:
+    """The compiled render of plan p into a new (h, w[, 3]) uint8 array: ``kernel(*lead,
+    <the plan's arguments>, out)``, then CNT=eq through ``equalize_hist`` if given."""
     out = np.empty((h, w, p.nout), dtype=np.uint8)
     if h == 0 or w == 0:
         return out.reshape(h, w) if p.nout == 1 else out
@@ -876,14 +897,64 @@ def render(src: np.ndarray, mins: Sequence[float] | np.ndarray | float,
         if e_hi is not None:
             lut, lut_hi = _stretch_lut(p.stretch, p.g32, p.p0, p.p1), float(2.0**e_hi)
     has_ctw = p.ctw is not None
-    _ck.render(p.src, p.mins, p.factors, p.ctw if has_ctw else _EMPTY_CTW, has_ctw, p.stretch,
-               p.g32, p.p0, p.p1, p.use_gamma, lut, _LUT_LO, lut_hi, p.invert, p.cmap, p.c32,
-               out.reshape(h, w * p.nout))
+    kernel(*lead, p.mins, p.factors, p.ctw if has_ctw else _EMPTY_CTW, has_ctw, p.stretch,
+           p.g32, p.p0, p.p1, p.use_gamma, lut, _LUT_LO, lut_hi, p.invert, p.cmap, p.c32,
+           out.reshape(h, w * p.nout))
     res = out.reshape(h, w) if p.nout == 1 else out
-    if equalize:
-        assert hist is not None
-        res = np.take(equalization_table(hist), res)
+    if equalize_hist is not None:
+        res = np.take(equalization_table(equalize_hist), res)
     return res
+
+
+def render_raw(raw: np.ndarray, bscale: float = 1.0, bzero: float = 0.0,
+               blank: int | None = None, flip: bool = False,
+               mins: Sequence[float] | np.ndarray | float = 0.0,
+               maxs: Sequence[float] | np.ndarray | float = 1.0, ctw: Any = None,
+               gamma: float = 1.0, invert: bool = False, cmap: int = CMAP_NONE,
+               contrast: float = 1.0, stretch: int = STRETCH_POWER, autostretch: bool = False,
+               equalize: bool = False, histogram: np.ndarray | None = None) -> np.ndarray:
+    """``render(to_float32 of each channel of raw, ...)`` in one pass over the samples, the
+    same bytes, without the float32 window.
+
+    raw: FITS samples (C, h, w) (or (h, w): one channel), any type :func:`to_float32` takes,
+    either byte order, any strides (a window of the file's memory map); every channel is
+    scaled by the same ``bscale``, ``bzero`` and ``blank``, and ``flip`` reverses the rows as
+    to_float32 does. The other arguments are :func:`render`'s. Each row of each channel the
+    pipeline reads is converted into a one-row buffer just before use. CNT=st and CNT=eq
+    without a ``histogram`` need the whole window: they go through :func:`render`."""
+    a = np.asarray(raw)
+    if a.ndim == 2:
+        a = a[np.newaxis]
+    if a.ndim != 3:
+        raise ValueError(f"raw must be (C, h, w) or (h, w), got shape {a.shape}")
+    key = (a.dtype.kind, a.dtype.itemsize)
+    if key not in _INT_KINDS and key not in _FLOAT_KINDS:
+        raise ValueError(f"unsupported FITS sample dtype {a.dtype.str}")
+    if a.shape[0] < 1:
+        raise ValueError("raw has no channel")
+    if _ck is None or ((autostretch or equalize) and histogram is None):
+        src = np.stack([to_float32(a[k], bscale, bzero, blank, flip) for k in range(a.shape[0])])
+        return render(src, mins, maxs, ctw, gamma, invert, cmap, contrast, stretch, autostretch,
+                      equalize, histogram)
+    # the plan validates everything but the samples, which it does not read here
+    p = _RenderPlan(np.empty((a.shape[0], 0, 0), np.float32), mins, maxs, ctw, gamma, invert,
+                    cmap, contrast, stretch)
+    hist = None
+    if autostretch or equalize:
+        hist = _check_histogram(histogram)
+        if autostretch:
+            p.narrow(hist)
+    bscale, bzero = float(bscale), float(bzero)
+    b = _blank_for(a, blank)
+    if not a.flags.aligned:
+        a = np.array(a, dtype=a.dtype.newbyteorder("="), order="C")
+    swap = not a.dtype.isnative
+    if swap:
+        a = a.view(a.dtype.newbyteorder("="))
+    b64 = 0 if b is None else (b - (1 << 64) if b >= (1 << 63) else b)
+    _, h, w = a.shape
+    return _run_render(p, h, w, hist if equalize else None, _ck.render_raw, a, swap, bscale,
+                       bzero, not _is_unscaled(bscale, bzero), b is not None, b64, bool(flip))
 
 
 def histogram(src: np.ndarray, mins: Sequence[float] | np.ndarray | float,

@@ -65,3 +65,61 @@ def test_bin_raw_rejects_bad_input() -> None:
             fn(np.zeros(4, F32))
         with pytest.raises(ValueError):
             fn(np.zeros((4, 4), F32), out=np.zeros((3, 2), F32))
+
+
+# ---------------------------------------------------------------------------------------------
+# render_raw: raw samples to 8 bits in one pass
+# ---------------------------------------------------------------------------------------------
+
+from tests.unit.test_kernels import EXACT_RENDER, RENDER_OPTIONS, _dn_diff, _ids  # noqa: E402
+
+
+def _raw_cube(dtype: str, nchan: int, shape: tuple[int, int], rng) -> np.ndarray:
+    planes = [_raw(dtype, shape, rng) for _ in range(nchan)]
+    return np.stack(planes)
+
+
+@pytest.mark.parametrize("nchan", [1, 3, 5])
+@pytest.mark.parametrize("opts", RENDER_OPTIONS, ids=lambda o: _ids(o))
+def test_render_raw_matches_render_of_the_converted_window(nchan, opts) -> None:
+    rng = np.random.default_rng(nchan)
+    for dtype, scaling in ((">f4", (1.0, 0.0, None)), ("<f4", (0.5, 3.0, None)),
+                           (">i2", (2.0, 100.0, -32768)), (">f8", (1.0, 0.0, None))):
+        raw = _raw_cube(dtype, nchan, (37, 29), rng)
+        if np.dtype(dtype).kind == "f":
+            raw = raw / np.asarray(100.0, raw.dtype)  # around the ranges below
+        raw = raw.astype(dtype)
+        mins = list(rng.uniform(-15.0, -5.0, nchan))
+        maxs = list(rng.uniform(5.0, 15.0, nchan))
+        bscale, bzero, blank = scaling
+        for flip in (False, True):
+            # a strided read-only window of a bigger array, as a memory map gives
+            big = np.zeros((nchan, 40, 35), raw.dtype)
+            big[:, 2:39, 3:32] = raw
+            window = big[:, 2:39, 3:32]
+            window.setflags(write=False)
+            src = np.stack([kernels.to_float32(window[k], bscale, bzero, blank, flip)
+                            for k in range(nchan)])
+            want = kernels.render(src, mins, maxs, **opts)
+            got = kernels.render_raw(window, bscale, bzero, blank, flip, mins, maxs, **opts)
+            assert got.dtype == np.uint8 and got.shape == want.shape
+            np.testing.assert_array_equal(got, want)
+            twin = reference.render_raw(window, bscale, bzero, blank, flip, mins, maxs, **opts)
+            diff = _dn_diff(got, twin)
+            assert diff == 0 if (EXACT_RENDER and opts.get("gamma", 1.0) == 1.0) else diff <= 1
+
+
+def test_render_raw_one_channel_and_histograms() -> None:
+    rng = np.random.default_rng(8)
+    raw = (rng.normal(100, 5, (64, 48))).astype(">f4")
+    src = kernels.to_float32(raw, flip=True)
+    hist = kernels.histogram(src, 90.0, 110.0)
+    for kw in ({}, {"autostretch": True, "histogram": hist}, {"equalize": True},
+               {"equalize": True, "histogram": hist}, {"gamma": 0.4545, "cmap": 3}):
+        want = kernels.render(src, 90.0, 110.0, **kw)
+        np.testing.assert_array_equal(kernels.render_raw(raw, flip=True, mins=90.0, maxs=110.0,
+                                                         **kw), want)
+    with pytest.raises(ValueError):
+        kernels.render_raw(np.zeros((2, 2, 2, 2), ">f4"))
+    with pytest.raises(ValueError):
+        kernels.render_raw(np.zeros((2, 2), np.complex64))
