@@ -49,7 +49,7 @@ from iipy.cache import LRU
 from iipy.errors import UnreadableImage
 from iipy.imaging import kernels, pyramid_dir
 from iipy.imaging.geometry import Grid
-from iipy.imaging.source import DisplayRange, ImageSource, LevelledSource
+from iipy.imaging.source import DisplayRange, ImageSource, LevelledSource, RawWindow
 from iipy.imaging.sources.fits import robust_range
 
 log = logging.getLogger(__name__)
@@ -126,6 +126,11 @@ class Levels(Protocol):
         """Tile ``tile`` of level k as a JPEG the file stores, sendable as it is."""
         ...
 
+    def raw_window(self, k: int, x: int, y: int, w: int, h: int) -> RawWindow | None:
+        """The raw samples of a window of level k, for ``kernels.render_raw``, when the
+        level has them (full resolution of an uncompressed FITS image), else None."""
+        ...
+
     def close(self) -> None:
         """Let go of what the levels hold (the image's file is closed by its owner)."""
         ...
@@ -154,6 +159,9 @@ class StoredLevels:
 
     def stored_jpeg(self, k: int, tile: int) -> bytes | None:
         return self.image.stored_jpeg(k, tile)
+
+    def raw_window(self, k: int, x: int, y: int, w: int, h: int) -> RawWindow | None:
+        return None
 
     def close(self) -> None:
         pass
@@ -255,6 +263,20 @@ class Pyramid:
     def stored_jpeg(self, k: int, tile: int) -> bytes | None:
         """A FITS image stores no JPEG."""
         return None
+
+    def raw_window(self, k: int, x: int, y: int, w: int, h: int) -> RawWindow | None:
+        """Full resolution of an uncompressed image: a view of the raw samples of every
+        channel (``ImageSource.raw_window``), read by the render kernel itself."""
+        if k != 0:
+            return None
+        raw_window = getattr(self.image, "raw_window", None)
+        if raw_window is None:
+            return None
+        try:
+            return raw_window(x, y, w, h)
+        except (OSError, ValueError, TypeError, EOFError) as exc:
+            log.warning("cannot read %s: %s", self.image.ref.path, exc)
+            raise UnreadableImage("Unable to read data of '%s'" % self.image.ref.fif) from None
 
     # --- disk ------------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from typing import Callable
 import numpy as np
 
 from iipy.imaging import kernels
-from iipy.imaging.source import DisplayRange
+from iipy.imaging.source import DisplayRange, RawWindow
 
 #: Bytes of float32 data an export handles at once (bounds its memory besides the output).
 STRIP_BYTES = 32 << 20
@@ -127,6 +127,18 @@ def render(src: np.ndarray, view: View, defaults: list[DisplayRange],
         left, top, right, bottom = margin
         norm = norm[:, top : norm.shape[1] - bottom, left : norm.shape[2] - right]
         pixels = finish(norm, view)
+    return convert_colour(pixels, view.colour)
+
+
+def render_raw(raw: RawWindow, view: View, defaults: list[DisplayRange]) -> np.ndarray:
+    """``render`` of the window whose raw samples ``raw`` holds, in one kernel pass from the
+    samples to 8 bits (``kernels.render_raw``: no float32 window); not for SHD."""
+    if view.shade is not None:
+        raise ValueError("SHD needs the float32 window: use render")
+    mins, maxs = ranges_for(view, defaults)
+    pixels = kernels.render_raw(raw.samples, raw.bscale, raw.bzero, raw.blank, raw.flip, mins,
+                                maxs, ctw=_ctw(view), gamma=view.gamma, invert=view.invert,
+                                cmap=view.cmap, contrast=view.contrast)
     return convert_colour(pixels, view.colour)
 
 

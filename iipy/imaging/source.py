@@ -20,6 +20,19 @@ from iipy.imaging.paths import ImageRef
 
 
 @dataclass(frozen=True, slots=True)
+class RawWindow:
+    """A full-resolution window as stored: samples (C, h, w) in the file's order of rows
+    (bottom up for FITS, hence ``flip``) and type, and the scaling every channel shares
+    (``kernels.to_float32`` of each channel gives the window's values)."""
+
+    samples: np.ndarray
+    bscale: float = 1.0
+    bzero: float = 0.0
+    blank: int | None = None
+    flip: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class DisplayRange:
     """The default normalisation range of one channel (Min-Max-sample-values)."""
 

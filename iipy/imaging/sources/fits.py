@@ -27,7 +27,7 @@ from iipy.imaging import kernels
 from iipy.errors import (CompressedFile, ImagingError, NoSuchHDU, NotAnImage,
                          UnreadableImage)
 from iipy.imaging.paths import ImageRef
-from iipy.imaging.source import DisplayRange
+from iipy.imaging.source import DisplayRange, RawWindow
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +151,12 @@ class FitsImage:
             log.warning("cannot read %s: %s", ref.path, exc)
             raise UnreadableImage("Unable to read FITS file '%s'" % ref.fif) from None
         self._hdu = hdus[0]
+        #: The channels as one raw array (C, NAXIS2, NAXIS1) with one scaling, when they
+        #: are an uncompressed HDU's planes (``raw_window``); None otherwise.
+        self._stack: np.ndarray | None = None
+        if len(hdus) == 1 and all(p.offset is not None for p in self._planes):
+            data = hdus[0].data
+            self._stack = data[np.newaxis] if data.ndim == 2 else data[(0,) * (data.ndim - 3)]
         hdr = self._hdu.header
         self.width = int(hdr["NAXIS1"])
         self.height = int(hdr["NAXIS2"])
@@ -244,6 +250,17 @@ class FitsImage:
                                    out=out)
         return kernels.to_float32(raw, plane.bscale, plane.bzero, plane.blank, flip=True,
                                   out=out)
+
+    def raw_window(self, x: int, y: int, w: int, h: int) -> RawWindow | None:
+        """The raw samples of a full-resolution window of every channel (a view of the
+        memory map, FITS order of rows), for the render kernel to read and convert itself
+        (``kernels.render_raw``); None for tile-compressed data or extensions as channels."""
+        if self._stack is None:
+            return None
+        plane = self._planes[0]
+        top = self.height - y - h
+        return RawWindow(self._stack[:, top : top + h, x : x + w], plane.bscale, plane.bzero,
+                         plane.blank, flip=True)
 
     def values(self, x: int, y: int, w: int, h: int) -> np.ndarray:
         """Calibrated values (raw * BSCALE + BZERO, BLANK as NaN) of a full-resolution

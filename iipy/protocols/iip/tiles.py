@@ -44,6 +44,14 @@ def tile_pixels(ctx: Context, image: OpenImage, resolution: int, tile: int) -> n
         src = image.pyramid.window(k, x0, y0, x1 - x0, y1 - y0)
         margin = (win.x - x0, win.y - y0, x1 - win.x - win.w, y1 - win.y - win.h)
     else:
+        raw = (image.pyramid.raw_window(k, win.x, win.y, win.w, win.h)
+               if ctx.view.shade is None else None)
+        if raw is not None:  # full resolution: one kernel pass from the raw samples
+            t1 = time.perf_counter()
+            pixels = render.render_raw(raw, ctx.view, defaults)
+            ctx.timings.read += t1 - t0
+            ctx.timings.render += time.perf_counter() - t1
+            return pixels
         src = image.pyramid.window(k, win.x, win.y, win.w, win.h)
         margin = (0, 0, 0, 0)
     t1 = time.perf_counter()
