@@ -48,6 +48,13 @@ def _cases() -> list[tuple[str, float | None, Callable[[Any], Callable[[], Any]]
     be_i2 = rng.integers(-32768, 32767, (256, 256)).astype(">i2")
     # A 256x256 window of a bigger big-endian image (rows with a stride).
     be_f4_win = np.tile(sky, (2, 2)).astype(">f4")[100:356, 37:293]
+    be_big = big.astype(">f4")
+    # STIFF's chunk of a sky: noise, 3 % of stars, 1 % of NaN
+    chunk = rng.normal(1000.0, 10.0, 1 << 21)
+    stars = rng.random(chunk.size) < 0.03
+    chunk[stars] += rng.pareto(1.5, int(stars.sum())) * 500.0
+    chunk[rng.random(chunk.size) < 0.01] = np.nan
+    chunk = chunk.astype(">f4")
     return [
         ("render grey default (gamma 1)", 0.1,
          lambda k: lambda: k.render(one, [-2.0], [12.0])),
@@ -68,6 +75,13 @@ def _cases() -> list[tuple[str, float | None, Callable[[Any], Callable[[], Any]]
          lambda k: lambda: k.to_float32(be_i2, 1.0, 32768.0, blank=-32768)),
         ("bin2x2 512x512 -> 256x256", 0.3,
          lambda k: lambda: k.bin2x2(big)),
+        ("bin_raw >f4 512x512 -> 256x256, flip", None,
+         lambda k: lambda: k.bin_raw(be_big, flip=True)),
+        ("render_raw >f4 256x256 strided window, flip, GAM .4545", None,
+         lambda k: lambda: k.render_raw(be_f4_win, flip=True, mins=-2.0, maxs=12.0,
+                                        gamma=0.4545)),
+        ("stiff_chunk of 2**21 >f4 samples (STIFF's chunk)", 4.2,  # >= 500 M values/s
+         lambda k: lambda: k.stiff_chunk(chunk)),
     ]
 
 
