@@ -99,7 +99,10 @@ def test_demo_command_in_a_fresh_clone(clone: Path, tmp_path: Path) -> None:
                 time.sleep(0.2)
         status, _, page = http_get(url)
         assert status == 200 and b"<title>iipy viewer</title>" in page
-        assert b"unpkg.com/leaflet@1.9.4" in page  # Leaflet from the CDN by default
+        # Leaflet from the package installed with iipy, served by iipy itself: no network
+        assert b'src="static/leaflet/leaflet.js"' in page and b"unpkg.com" not in page
+        status, _, leaflet = http_get(url + "static/leaflet/leaflet.js")
+        assert status == 200 and b"Leaflet" in leaflet[:2000]
         status, _, listing = http_get(url + "images.json")
         assert status == 200
         for name in (b'"cube.fits"', b'"int16.fits"', b'"sky.fits"'):
