@@ -108,10 +108,12 @@ def model_export(levels, query: str, rgn, out_w: int, out_h: int,
 
 
 def rss_mb(pid: int) -> float:
+    """The worker's anonymous resident memory (what an allocation costs): the pages of
+    the memory-mapped image and pyramid it touched are shared page cache, not growth."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith("RssAnon:"):
             return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
+    raise AssertionError("no RssAnon")
 
 
 def worker_pid(server: ServerProcess) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import struct
+import time
 from pathlib import Path
 
 import numpy as np
@@ -140,7 +141,9 @@ def test_broken_tiffs_are_file_errors_and_workers_survive(spawn_fcgi, nginx, bro
 
     status, headers, body = get("FIF=good.tif&obj=max-size")
     assert (status, body) == (200, b"\r\nMax-size:200 150\r\n")
-    workers = worker_pids(server)
+    deadline = time.monotonic() + 20  # the master forks its workers one after the other
+    while len(workers := worker_pids(server)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert len(workers) == 2
     problems = []
     for name, at_open in sorted(opened.items()):
