@@ -88,6 +88,64 @@ def iiif_version(text: str) -> int:
     return 2 if value <= 2 else 3
 
 
+#: Display-range policies ``IIPY_DISPLAY_RANGE`` may name (``iipy.imaging.display`` computes
+#: them; docs/protocol.md §4.2).
+DISPLAY_RANGE_POLICIES = ("stiff", "mad", "zscale", "percentile", "minmax")
+DEFAULT_DISPLAY_RANGE = "stiff"
+
+
+def split_display_range(text: str) -> tuple[str, tuple[float, ...]]:
+    """The policy a display-range text names, as (name, parameters): case and blanks around
+    the name and the numbers are ignored; ``percentile:LO,HI`` needs 0 <= LO < HI <= 100.
+    ValueError if the text names no policy.
+
+    >>> split_display_range(" Percentile: 0.5, 99.5"), split_display_range("STIFF")
+    (('percentile', (0.5, 99.5)), ('stiff', ()))
+    """
+    if not isinstance(text, str):
+        raise ValueError("a display-range policy is a string")
+    name, sep, arg = text.strip().lower().partition(":")
+    name = name.strip()
+    if name == "percentile":
+        parts = arg.split(",")
+        if not sep or len(parts) != 2:
+            raise ValueError("percentile needs two numbers: percentile:LO,HI")
+        try:
+            lo, hi = (float(p) + 0.0 for p in parts)  # + 0.0: -0 is 0
+        except ValueError:
+            raise ValueError("percentile needs two numbers: percentile:LO,HI") from None
+        if not 0.0 <= lo < hi <= 100.0:
+            raise ValueError("percentile:LO,HI needs 0 <= LO < HI <= 100")
+        return "percentile", (lo, hi)
+    if name in DISPLAY_RANGE_POLICIES and not sep:
+        return name, ()
+    raise ValueError("unknown display-range policy %r (%s)" % (
+        text, ", ".join("percentile:LO,HI" if p == "percentile" else p
+                        for p in DISPLAY_RANGE_POLICIES)))
+
+
+def format_display_range(name: str, params: tuple[float, ...] = ()) -> str:
+    """The canonical text of a policy, which reads back to the same numbers:
+    ``percentile:0.5,99.5``, ``stiff``."""
+    if not params:
+        return name
+    numbers = []
+    for p in params:
+        r = repr(float(p))
+        numbers.append(r[:-2] if r.endswith(".0") else r)
+    return "%s:%s" % (name, ",".join(numbers))
+
+
+def display_range_policy(text: str) -> str:
+    """IIPY_DISPLAY_RANGE: the canonical text of the policy; a text that names none is
+    logged and gives the default (a start-up setting never stops the server)."""
+    try:
+        return format_display_range(*split_display_range(text))
+    except ValueError as exc:
+        log.warning("IIPY_DISPLAY_RANGE: %s; using %s", exc, DEFAULT_DISPLAY_RANGE)
+        return DEFAULT_DISPLAY_RANGE
+
+
 def octal_mode(text: str) -> int:
     try:
         return int(text, 8) & 0o777
@@ -217,6 +275,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("IIPY_LOG_FORMAT", "log_format", log_format, "text",
             "`text`: iipsrv-style log lines; `json`: one JSON object per line (per request "
             "at VERBOSITY=2)."),
+    Setting("IIPY_DISPLAY_RANGE", "display_range", display_range_policy, DEFAULT_DISPLAY_RANGE,
+            "Default display range of each channel: `stiff` (as STIFF), `mad`, `zscale`, "
+            "`percentile:LO,HI` or `minmax` (see Display)."),
 )
 
 
@@ -266,6 +327,7 @@ class Settings:
     server_token: str
     metrics_bind: str
     log_format: str
+    display_range: str
 
     @classmethod
     def from_environ(cls, env: Mapping[str, str] | None = None) -> "Settings":

@@ -1,7 +1,10 @@
 """Default display ranges: the (min, max) an image is shown with before any MINMAX.
 
-The pyramid pass hands each channel's sample to :func:`display_range` with the policy that
-``IIPY_DISPLAY_RANGE`` names (:func:`parse_policy` reads it):
+The pyramid pass (``iipy.imaging.pyramid.RangePass``) computes each channel's range by the
+policy that ``IIPY_DISPLAY_RANGE`` names (:func:`parse_policy` reads it): ``stiff`` streams
+every full-resolution sample, in the order of the file, through :class:`StiffChunks`; the
+other policies hand a sample of evenly spaced rows (every sample for an image of one tile)
+to :func:`display_range`:
 
 ``stiff`` (the default)
     STIFF 2.4's defaults, so that a site moving from STIFF's TIFFs to the FITS files sees the
@@ -53,11 +56,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from iipy.imaging import kernels
+from iipy.settings import DISPLAY_RANGE_POLICIES, format_display_range, split_display_range
 
 __all__ = ["POLICIES", "Policy", "StiffChunks", "display_range", "parse_policy"]
 
 #: Names of the policies.
-POLICIES = ("stiff", "mad", "zscale", "percentile", "minmax")
+POLICIES = DISPLAY_RANGE_POLICIES
 
 #: STIFF's chunk of samples (IMAGE_BUFSIZE, 8 MiB, of float32).
 STIFF_CHUNK = (8 << 20) // 4
@@ -82,36 +86,19 @@ class Policy:
     params: tuple[float, ...] = ()
 
     def __str__(self) -> str:
-        if self.params:
-            return "%s:%s" % (self.name, ",".join("%g" % p for p in self.params))
-        return self.name
+        """The canonical text (``percentile:0.5,99.5``), which parses back to this policy."""
+        return format_display_range(self.name, self.params)
 
 
 def parse_policy(text: str) -> Policy:
     """The policy ``text`` names (case and blanks around it ignored); ValueError if none.
+    The grammar is ``IIPY_DISPLAY_RANGE``'s (``iipy.settings.split_display_range``).
 
     >>> parse_policy("STIFF"), str(parse_policy("percentile: 0.5, 99.5"))
     (Policy(name='stiff', params=()), 'percentile:0.5,99.5')
     """
-    if not isinstance(text, str):
-        raise ValueError("a display-range policy is a string")
-    name, sep, arg = text.strip().lower().partition(":")
-    name = name.strip()
-    if name == "percentile":
-        parts = arg.split(",")
-        if not sep or len(parts) != 2:
-            raise ValueError("percentile needs two numbers: percentile:LO,HI")
-        try:
-            lo, hi = (float(p) for p in parts)
-        except ValueError:
-            raise ValueError("percentile needs two numbers: percentile:LO,HI") from None
-        if not 0.0 <= lo < hi <= 100.0:
-            raise ValueError("percentile:LO,HI needs 0 <= LO < HI <= 100")
-        return Policy("percentile", (lo, hi))
-    if name in POLICIES and not sep:
-        return Policy(name)
-    raise ValueError("unknown display-range policy %r (stiff, mad, zscale, percentile:LO,HI, "
-                     "minmax)" % text)
+    name, params = split_display_range(text)
+    return Policy(name, params)
 
 
 def display_range(sample: np.ndarray, policy: str | Policy,

@@ -6,11 +6,14 @@ k - 1 (``kernels.bin2x2``).  All levels are built in one pass per channel: the F
 is read once, in bands of rows in the order of the file, each band binned to level 1
 straight from its raw samples (``kernels.bin_raw``), and each level's band, once complete,
 binned into the next level and written out, so memory stays bounded whatever the image
-size.  The default display ranges are computed in the same pass, from evenly spaced
-full-resolution rows.
+size.  The default display ranges are computed in the same pass, by the policy of
+``IIPY_DISPLAY_RANGE`` (``iipy.imaging.display``): ``stiff`` from every full-resolution
+sample, in STIFF's chunks of the file's order, the other policies from evenly spaced
+full-resolution rows; an image that fits in one tile (no reduced level) from every sample.
 
 On disk (``IIPY_CACHE_DIR``) a pyramid is a directory named after a hash of the image's
-identity (real path, extension, size, mtime) and of this format's version: one
+identity (real path, extension, size, mtime), the tile size, the display-range policy and
+this format's version: one
 ``levelK.f32`` file per level and ``meta.json``, written last.  Under an exclusive
 ``fcntl`` lock one worker builds while the others wait: every level file is first
 preallocated in full (``posix_fallocate``), so that a full file system fails the build
@@ -47,10 +50,10 @@ import numpy as np
 
 from iipy.cache import LRU
 from iipy.errors import UnreadableImage
-from iipy.imaging import kernels, pyramid_dir
+from iipy.imaging import display, kernels, pyramid_dir
+from iipy.imaging.display import Policy
 from iipy.imaging.geometry import Grid
 from iipy.imaging.source import DisplayRange, ImageSource, LevelledSource, RawWindow
-from iipy.imaging.sources.fits import robust_range
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +61,7 @@ FORMAT_VERSION = pyramid_dir.FORMAT_VERSION
 #: Bytes of float32 rows read at once while binning (bounds the build's memory, and that
 #: of a window computed from full resolution).
 BAND_BYTES = 8 << 20
-#: Full-resolution rows sampled for the display range.
+#: Full-resolution rows sampled for the display range (policies other than ``stiff``).
 STAT_ROWS = 512
 STAT_COLS = 2048
 #: Times a process finds the lock of an unreadable pyramid held by others (not by a
@@ -95,6 +98,47 @@ def _levels(first: int, last: int) -> str:
 
 class _NoRoom(Exception):
     """A level file cannot be preallocated: the pyramid cannot be on disk."""
+
+
+class RangePass:
+    """The default display range of one channel, from its full-resolution rows as the
+    pyramid pass reads them: in the order of the file (a FITS image's bottom row first).
+
+    ``stiff`` takes every sample, in that order, so that ``display.StiffChunks`` cuts
+    STIFF's own chunks. The other policies take the IIP rows y with y % ``step_y`` == 0,
+    every ``step_x``-th column of them (1 and 1: every sample)."""
+
+    def __init__(self, policy: Policy, step_y: int = 1, step_x: int = 1) -> None:
+        self.policy = policy
+        self.step_y, self.step_x = max(1, step_y), max(1, step_x)
+        self._stiff = (display.StiffChunks(display.STIFF_CHUNK) if policy.name == "stiff"
+                       else None)
+        self._samples: list[np.ndarray] = []
+
+    @property
+    def every_row(self) -> bool:
+        """Whether every row is wanted (else only the rows of the grid)."""
+        return self._stiff is not None or self.step_y == 1
+
+    def add(self, values: np.ndarray, y0: int, n: int) -> None:
+        """The samples of IIP rows [y0, y0 + n) in the order of the file (row y0 + n - 1
+        first), float32 in either byte order, any shape of n rows; the call may keep no
+        reference to them. For ``stiff`` every row of the image comes, in file order."""
+        if self._stiff is not None:
+            self._stiff.add(values)
+            return
+        rows = np.asarray(values).reshape(n, -1)
+        for y in range(y0 + (-y0) % self.step_y, y0 + n, self.step_y):
+            self._samples.append(rows[y0 + n - 1 - y, :: self.step_x].astype(np.float32))
+
+    def result(self) -> DisplayRange:
+        if self._stiff is not None:
+            lo, hi = self._stiff.result()
+        else:
+            sample = (np.concatenate(self._samples) if self._samples
+                      else np.empty(0, np.float32))
+            lo, hi = display.display_range(sample, self.policy)
+        return DisplayRange(float(lo), float(hi))
 
 
 class Levels(Protocol):
@@ -173,15 +217,18 @@ class Pyramid:
     def __init__(self, image: ImageSource, grid: Grid, cache_dir: str,
                  progress: Callable[[str, float], None] | None = None, *,
                  cache_max_mb: int = 0, memory_mb: int = MEMORY_MB,
-                 on_build: Callable[[float], None] | None = None):
+                 on_build: Callable[[float], None] | None = None,
+                 policy: Policy | None = None):
         """``progress(what, fraction)`` is called while a pyramid is being built, and
         ``on_build(seconds)`` once this process has built one (not when it maps one
-        another process built); ``cache_max_mb`` is IIPY_CACHE_DIR_MAX_MB (0: automatic)
-        and ``memory_mb`` IIPY_PYRAMID_MEMORY_MB."""
+        another process built); ``cache_max_mb`` is IIPY_CACHE_DIR_MAX_MB (0: automatic),
+        ``memory_mb`` IIPY_PYRAMID_MEMORY_MB, and ``policy`` chooses the default display
+        ranges (``stiff`` if None)."""
         self.progress = progress
         self.on_build = on_build
         self.image = image
         self.grid = grid
+        self.policy = policy if policy is not None else Policy("stiff")
         #: Index k - 1 -> level k; None for a level computed per request (not on disk).
         self.levels: list[np.ndarray | None] = []
         self.ranges: list[DisplayRange] = []
@@ -289,8 +336,9 @@ class Pyramid:
 
     def _key(self) -> str:
         ref = self.image.ref
-        ident = "%s\0%s\0%d\0%d\0%d\0%d\0%d" % (ref.path, ref.selector, ref.size, ref.mtime_ns,
-                                                self.grid.tile_w, self.grid.tile_h, FORMAT_VERSION)
+        ident = "%s\0%s\0%d\0%d\0%d\0%d\0%s\0%d" % (
+            ref.path, ref.selector, ref.size, ref.mtime_ns, self.grid.tile_w, self.grid.tile_h,
+            self.policy, FORMAT_VERSION)
         return hashlib.blake2b(ident.encode("utf-8", "surrogateescape"), digest_size=16).hexdigest()
 
     def _shapes(self) -> list[tuple[int, int, int]]:
@@ -360,7 +408,7 @@ class Pyramid:
         try:
             with open(os.path.join(directory, "meta.json")) as f:
                 meta = json.load(f)
-            if meta.get("version") != FORMAT_VERSION:
+            if meta.get("version") != FORMAT_VERSION or meta.get("policy") != str(self.policy):
                 return False
             shapes = [tuple(int(n) for n in shape) for shape in meta["shapes"]]
             ranges = [DisplayRange(float(lo), float(hi)) for lo, hi in meta["ranges"]]
@@ -429,7 +477,7 @@ class Pyramid:
         ref = self.image.ref
         meta = {"version": FORMAT_VERSION, "path": ref.path,
                 "image": {"selector": ref.selector, "size": ref.size, "mtime_ns": ref.mtime_ns},
-                "bytes": nbytes,
+                "bytes": nbytes, "policy": str(self.policy),
                 "shapes": [list(shape) for shape in self._shapes()],
                 "ranges": [[r.lo, r.hi] for r in self.ranges]}
         tmp = os.path.join(directory, "meta.json.tmp%d" % os.getpid())
@@ -454,7 +502,7 @@ class Pyramid:
             self._build(None)
         else:
             levels: list[np.ndarray | None] = [None] * (first - 1)
-            self.ranges = self._sample_ranges()
+            self.ranges = self._read_ranges()
             for k in range(first, len(shapes) + 1):
                 out = np.empty(shapes[k - 1], np.float32)
                 for c in range(self.image.channels):
@@ -496,17 +544,32 @@ class Pyramid:
                                                       self.grid.num_resolutions - 1),
                               (c + y1 / h) / self.image.channels)
 
-    def _sample_ranges(self) -> list[DisplayRange]:
-        """The default display ranges from the full-resolution rows of the sampling grid
-        (the rows the build samples as it goes)."""
+    def _range_pass(self, every_sample: bool = False) -> RangePass:
+        """A RangePass for one channel: on the sampling grid, or on every sample."""
         image = self.image
-        step_y = max(1, image.height // STAT_ROWS)
-        step_x = max(1, image.width // STAT_COLS)
+        if every_sample:
+            return RangePass(self.policy)
+        return RangePass(self.policy, max(1, image.height // STAT_ROWS),
+                         max(1, image.width // STAT_COLS))
+
+    def _read_ranges(self, every_sample: bool = False) -> list[DisplayRange]:
+        """The default display ranges read from the full-resolution data on their own (no
+        level built as they go), in the order of the file as the build reads it: every row
+        for ``stiff`` or ``every_sample`` (in bands of about ``BAND_BYTES``), else the rows
+        of the sampling grid."""
+        image = self.image
         out = []
+        band = max(1, BAND_BYTES // (4 * max(image.width, 1)))
         for c in range(image.channels):
-            samples = [image.read_rows(c, y, 1)[0, ::step_x]
-                       for y in range(0, image.height, step_y)]
-            out.append(robust_range(np.concatenate(samples)))
+            rp = self._range_pass(every_sample)
+            if rp.every_row:
+                starts = range(0, image.height, band)
+                spans = [(y, min(band, image.height - y)) for y in starts]
+            else:
+                spans = [(y, 1) for y in range(0, image.height, rp.step_y)]
+            for y, n in reversed(spans):  # the file's order: the bottom of the image first
+                image.read_rows(c, y, n, samples=lambda v, y=y, n=n: rp.add(v, y, n))
+            out.append(rp.result())
         return out
 
     # --- building ----------------------------------------------------------------------
@@ -523,16 +586,14 @@ class Pyramid:
         bands of memory. Rows reach the files with ``pwrite`` from reused buffers."""
         image, grid = self.image, self.grid
         nlevels = grid.num_resolutions - 1
-        if nlevels == 0:
+        if nlevels == 0:  # one tile: the range from every sample
             self.levels = []
-            self.ranges = self._sample_ranges()
+            self.ranges = self._read_ranges(every_sample=True)
             self._built = True
             return
         shapes = self._shapes()
         h1 = shapes[0][1]
         band = max(2, BAND_BYTES // (8 * max(image.width, 1)) // 2 * 2)  # level-1 rows
-        step_y = max(1, image.height // STAT_ROWS)
-        step_x = max(1, image.width // STAT_COLS)
         progress, fif = self.progress, image.ref.fif
         writer = _LevelWriter(shapes, files, band)
         if progress is not None:  # every band of every level reports (and beats the heart)
@@ -540,15 +601,9 @@ class Pyramid:
         ranges = []
         try:
             for c in range(image.channels):
-                samples: list[np.ndarray] = []
-
-                def take(values: np.ndarray, y0: int, n: int) -> None:
-                    # the rows of the sampling grid among IIP rows [y0, y0 + n), which
-                    # come in the order of the file: the last one first
-                    rows = values.reshape(n, -1)
-                    for y in range(y0 + (-y0) % step_y, y0 + n, step_y):
-                        samples.append(rows[y0 + n - 1 - y, ::step_x].astype(np.float32))
-
+                # the display range sees the rows as they go, in the order of the file
+                rp = self._range_pass()
+                take = rp.add
                 for y in range(2 * h1, image.height):  # the row dropped by floor halving
                     image.read_rows(c, y, 1, samples=lambda v, y=y: take(v, y, 1))
                 for j in range((h1 - 1) // band, -1, -1):
@@ -559,7 +614,7 @@ class Pyramid:
                                     take(v, y0, n))
                     writer.fraction = (c + (h1 - top) / h1) / image.channels
                     writer.done(1, c, top, end - top)
-                ranges.append(robust_range(np.concatenate(samples)))
+                ranges.append(rp.result())
             levels = writer.finish()
         finally:
             writer.close()

@@ -48,7 +48,7 @@ from typing import Any, Callable, Iterable
 log = logging.getLogger(__name__)
 
 #: Version of the files of a pyramid (``meta.json`` and the levels); part of the key.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 #: Default bound: this share of the size of the file system holding the directory ...
 AUTO_SHARE = 0.10
 #: ... but at most this many MB.

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from iipy.cache import LRU
+from iipy.imaging.display import parse_policy
 from iipy.imaging.geometry import Grid
 from iipy.imaging.paths import ImageRef
 from iipy.imaging.pyramid import Levels, Pyramid, StoredLevels
@@ -65,6 +66,7 @@ class ImageStore:
         self.settings = settings
         self.progress = progress
         self.on_build = on_build
+        self.policy = parse_policy(settings.display_range)
         self._open: LRU[tuple, OpenImage] = LRU(capacity, close=lambda im: im.close())
 
     def open(self, ref: ImageRef) -> OpenImage:
@@ -90,5 +92,5 @@ class ImageStore:
         pyramid = Pyramid(fits_image, grid, self.settings.cache_dir, self.progress,
                           cache_max_mb=self.settings.cache_dir_max_mb,
                           memory_mb=self.settings.pyramid_memory_mb,
-                          on_build=self.on_build)
+                          on_build=self.on_build, policy=self.policy)
         return OpenImage(ref, fits_image, grid, pyramid)

@@ -1,6 +1,6 @@
 """Default display ranges: the ``stiff`` policy against the real STIFF 2.4 binary (its
 SMinSampleValue/SMaxSampleValue), ``zscale`` against astropy's ZScaleInterval, ``mad`` against
-the pyramid's robust_range, and the policy parser.
+robust_range (VisiOmatic 3's rule), and the policy parser.
 
 The STIFF tests need Debian's ``stiff``; they are skipped without it, and fail under CI=true.
 """
@@ -8,9 +8,6 @@ The STIFF tests need Debian's ``stiff``; they are skipped without it, and fail u
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -25,60 +22,10 @@ from iipy.imaging.display import (
     display_range,
     parse_policy,
 )
+from tests.unit._stiff import run_stiff, sky_image, stiff_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 F32 = np.float32
-
-
-def _stiff_binary() -> str:
-    path = shutil.which("stiff")
-    if path is None:
-        message = "STIFF is not installed (apt-get install stiff)"
-        if os.environ.get("CI", "").strip().lower() in {"true", "1"}:
-            pytest.fail(message + "; CI=true needs it")
-        pytest.skip(message)
-    return path
-
-
-def run_stiff(path: Path, workdir: Path) -> tuple[float, float]:
-    """STIFF's default display range of a 2-D FITS file: the SMinSampleValue and
-    SMaxSampleValue of the float TIFF it writes."""
-    tifffile = pytest.importorskip("tifffile")
-    out = workdir / (path.stem + ".tif")
-    subprocess.run([_stiff_binary(), str(path), "-OUTFILE_NAME", str(out),
-                    "-BITS_PER_CHANNEL", "-32", "-COMPRESSION_TYPE", "NONE", "-WRITE_XML", "N",
-                    "-VERBOSE_TYPE", "QUIET", "-NTHREADS", "1"],
-                   cwd=workdir, check=True, capture_output=True, timeout=300)
-    with tifffile.TiffFile(out) as tif:
-        tags = tif.pages[0].tags
-        return float(tags["SMinSampleValue"].value), float(tags["SMaxSampleValue"].value)
-
-
-def sky_image(width: int, height: int, seed: int, nstars: int = 400, galaxy: bool = False,
-              sky: float = 1000.0, noise: float = 10.0) -> np.ndarray:
-    """Seeded float32 sky in FITS order: background with a gradient, Gaussian noise, stars
-    (Gaussian cores with Moffat wings, power-law fluxes) and, optionally, a bright extended
-    galaxy in the upper part of the image."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    img = sky + 0.01 * sky * (x / width - 0.5) + 0.005 * sky * (y / height)
-    img = img + rng.normal(0.0, noise, (height, width))
-    r = 12
-    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
-    rr2 = (xx ** 2 + yy ** 2).astype(np.float64)
-    for _ in range(nstars):
-        cx, cy = rng.integers(r, width - r), rng.integers(r, height - r)
-        flux = 200.0 * (1.0 - rng.uniform()) ** (-1.0)  # N(>F) ~ 1/F
-        fwhm = rng.uniform(2.5, 4.0)
-        s2 = (fwhm / 2.355) ** 2
-        psf = 0.8 * np.exp(-rr2 / (2 * s2)) / (2 * np.pi * s2) + \
-            0.2 * 1.5 / (np.pi * 9.0) * (1 + rr2 / 9.0) ** -2.5
-        img[cy - r : cy + r + 1, cx - r : cx + r + 1] += flux * psf
-    if galaxy:  # de Vaucouleurs profile, effective radius 300 pixels, axis ratio 0.6
-        gx, gy = 0.6 * width, 0.8 * height
-        rg = np.hypot(x - gx, (y - gy) / 0.6)
-        img = img + 20.0 * noise * np.exp(-7.67 * ((rg / 300.0) ** 0.25 - 1.0))
-    return img.astype(F32)
 
 
 #: name -> (width, height, seed, galaxy); 2048x2048 is two of STIFF's chunks, 2900x2100 three
@@ -94,7 +41,7 @@ IMAGES = {
 @pytest.fixture(scope="module")
 def stiff_runs(tmp_path_factory):
     """{name: (data in file order, STIFF's (min, max))}, each file run once through STIFF."""
-    _stiff_binary()
+    stiff_binary()
     work = tmp_path_factory.mktemp("stiff")
     runs = {}
     for name, (w, h, seed, galaxy) in IMAGES.items():
@@ -109,7 +56,7 @@ def stiff_runs(tmp_path_factory):
 def example_runs(tmp_path_factory):
     """The example files of examples/make_examples.py (cube planes as 2-D files): NaN pixels
     in sky.fits, BLANK pixels in int16.fits."""
-    _stiff_binary()
+    stiff_binary()
     sys.path.insert(0, str(ROOT / "examples"))
     try:
         import make_examples

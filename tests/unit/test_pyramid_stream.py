@@ -15,6 +15,7 @@ from iipy.imaging import kernels
 from iipy.imaging import pyramid as pyramid_module
 from iipy.imaging.geometry import Grid
 from iipy.imaging.paths import resolve
+from iipy.imaging.display import Policy
 from iipy.imaging.pyramid import Pyramid
 from iipy.imaging.sources.fits import FitsImage, robust_range
 from iipy.settings import Settings
@@ -48,7 +49,10 @@ def build(tmp_path, hdu: fits.ImageHDU | fits.PrimaryHDU, cache: str | None = "c
         "FILESYSTEM_PREFIX": str(tmp_path) + "/",
         "IIPY_CACHE_DIR": str(tmp_path / cache) if cache else "/proc/no-such-dir"})
     image = FitsImage(resolve("img.fits", settings))
-    p = Pyramid(image, Grid(image.width, image.height, 64, 64), settings.cache_dir)
+    # the mad policy: its sample is the grid's rows, which the streaming must hand over
+    # (test_display_policies.py checks that stiff sees every sample in file order)
+    p = Pyramid(image, Grid(image.width, image.height, 64, 64), settings.cache_dir,
+                policy=Policy("mad"))
     p.ensure()
     return p, image
 
