@@ -55,6 +55,7 @@ __all__ = [
     "STRETCH_LOG",
     "STRETCH_POWER",
     "STRETCH_SQRT",
+    "apply_stretch",
     "asinh_beta",
     "bin2x2",
     "bin_raw",
@@ -62,6 +63,7 @@ __all__ = [
     "equalization_table",
     "equalize",
     "histogram",
+    "narrowed_range",
     "reference",
     "render",
     "render_raw",
@@ -477,8 +479,9 @@ def _ref_render_plan(p: _RenderPlan) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(q, 0, -1))
 
 
-def _ref_stretch(v: np.ndarray, p: _RenderPlan) -> np.ndarray:
-    """GAM: f(max(v, 0)); LOG and ASINH evaluated in float64 and rounded once to float32."""
+def _ref_stretch(v: np.ndarray, p: Any) -> np.ndarray:
+    """GAM: f(max(v, 0)); LOG and ASINH evaluated in float64 and rounded once to float32.
+    ``p``: a _RenderPlan, or anything with its stretch, g32, p0 and p1."""
     v = np.maximum(v, _F32(0))
     if p.stretch == STRETCH_POWER:
         return v ** _F32(p.g32)
@@ -983,6 +986,40 @@ def _levels_histogram(a: np.ndarray, mn: array[float], fac: array[float]) -> np.
         return _ref_levels_histogram(a, mn, fac)
     _ck.histogram(a, mn, fac, out)
     return out
+
+
+def apply_stretch(values: np.ndarray, stretch: int = STRETCH_POWER,
+                  gamma: float = 1.0) -> np.ndarray:
+    """GAM's curve on float32 values, computed as the NumPy twin does (no table): f(max(v,
+    0)) for the stretch code and its number (see :func:`render`); a power of 1 returns the
+    values unchanged. For output the 8-bit kernel does not make (16-bit exports)."""
+    p = SimpleNamespace()
+    p.stretch, p.g32, p.p0, p.p1 = _stretch_params(stretch, float(gamma))
+    v = np.asarray(values, np.float32)
+    if p.stretch == STRETCH_POWER and float(gamma) == 1.0:
+        return v
+    with np.errstate(all="ignore"):
+        return _ref_stretch(v, p)
+
+
+def narrowed_range(mins: Sequence[float] | np.ndarray | float,
+                   maxs: Sequence[float] | np.ndarray | float,
+                   histogram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """CNT=st for callers that normalise the data themselves (SHD, exports): each channel's
+    (min, max) moved to the values of the first and last non-empty levels n0, n1 of
+    ``histogram``, (min + d n0/255, min + d n1/255) with d = max - min, as float64 arrays; an
+    empty histogram leaves them as they are. :func:`render` with ``autostretch`` narrows its
+    float32 range the same way (the two agree to float32 rounding)."""
+    h = _check_histogram(histogram)
+    lo = np.array(mins, dtype=np.float64).reshape(-1)
+    hi = np.array(maxs, dtype=np.float64).reshape(-1)
+    nz = np.flatnonzero(h)
+    if nz.size == 0:
+        return lo, hi
+    n0, n1 = int(nz[0]), int(nz[-1])
+    with np.errstate(over="ignore", invalid="ignore"):
+        d = hi - lo
+        return lo + d * (n0 / 255.0), lo + d * (n1 / 255.0)
 
 
 def equalization_table(histogram: np.ndarray) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Display settings of one request and their application to float32 data, in the
-order of docs/protocol.md §6.2 (ASTRO): normalise, SHD, CTW, band flattening, GAM, INV,
-CMP, quantise with CNT; then COL, flip and rotation on the 8-bit result.
+order of docs/protocol.md §6.2 (ASTRO): normalise (with the range narrowed by CNT=st),
+SHD, CTW, band flattening, GAM (the stretch), INV, CMP, quantise with CNT; then COL and
+CNT=eq, flip and rotation on the 8-bit result.
 
 Tiles go through ``render`` (the compiled kernels do normalise..quantise in one pass).
 Exports (CVT) go through ``export``: the region is read strip by strip, normalised
@@ -12,6 +13,10 @@ gives the same values, since CTW and resampling are both linear.
 INV, CTW, SHD: ``float_processing``) skip normalisation and quantisation: the samples
 are the output, as iipsrv 1.1 sends them (band flattening and COL still apply; an
 export resamples them and truncates).
+
+CNT=st and CNT=eq need the histogram of the view's display range (``kernels.histogram``);
+callers pass the one of the image's smallest level (``OpenImage.histogram``), so that
+every tile and export of a view gets the same mapping.
 
 The watermark (WATERMARK*) is added to the 8-bit result before encoding, so cached
 responses hold it, as in iipsrv.
@@ -39,7 +44,10 @@ class View:
 
     minmax: dict[int, tuple[float, float]] = field(default_factory=dict)  # 0-based channel
     contrast: float = 1.0
-    gamma: float = 1.0
+    stretch: int = kernels.STRETCH_POWER  # GAM's curve (power, log, asinh, sqrt)
+    gamma: float = 1.0  # GAM's number: the exponent of the power, BETA of asinh
+    autostretch: bool = False  # CNT=st
+    equalize: bool = False  # CNT=eq
     cmap: int = kernels.CMAP_NONE
     invert: bool = False
     ctw: list[list[float]] = field(default_factory=list)
@@ -49,8 +57,14 @@ class View:
 
     def key(self) -> tuple:
         """Everything that changes rendered pixels, normalised (for cache keys)."""
-        return (tuple(sorted(self.minmax.items())), self.contrast, self.gamma, self.cmap,
-                self.invert, tuple(tuple(r) for r in self.ctw), self.shade, self.colour)
+        return (tuple(sorted(self.minmax.items())), self.contrast, self.stretch, self.gamma,
+                self.autostretch, self.equalize, self.cmap, self.invert,
+                tuple(tuple(r) for r in self.ctw), self.shade, self.colour)
+
+    @property
+    def uses_histogram(self) -> bool:
+        """Whether the view needs the histogram of its range (CNT=st or CNT=eq)."""
+        return self.autostretch or self.equalize
 
 
 _PLAIN = View()
@@ -60,8 +74,8 @@ _OUTPUT_FIELDS = frozenset({"quality", "colour"})
 
 def float_processing(view: View) -> bool:
     """Whether the view asks for an operation on normalised values: iipsrv 1.1's test
-    (CNT, GAM, CMP, SHD, INV, CTW) plus MINMAX, which iipy always honours; that is,
-    any field but QLT and COL away from its default."""
+    (CNT, GAM, CMP, SHD, INV, CTW) plus MINMAX, which iipy always honours, and GAM's and
+    CNT's words; that is, any field but QLT and COL away from its default."""
     return any(getattr(view, f.name) != getattr(_PLAIN, f.name)
                for f in dataclasses.fields(View) if f.name not in _OUTPUT_FIELDS)
 
@@ -106,62 +120,92 @@ def shade_margin(view: View, channels: int) -> int:
 
 def render(src: np.ndarray, view: View, defaults: list[DisplayRange],
            margin: tuple[int, int, int, int] = (0, 0, 0, 0),
-           display_8bit: bool = False) -> np.ndarray:
+           display_8bit: bool = False, histogram: np.ndarray | None = None) -> np.ndarray:
     """float32 (C, h, w) to uint8 (h, w) grey or (h, w, 3) colour.
 
     ``margin`` (left, top, right, bottom) counts extra pixels around the wanted window
     that ``src`` holds for SHD; they are used for gradients and left out of the result.
     ``display_8bit``: ``src`` holds 8-bit display samples, output unchanged when the
-    view asks for no float operation.  COL is applied; flips and rotations are not (see
-    ``orient``)."""
+    view asks for no float operation.  ``histogram`` is the histogram of the view's
+    range that CNT=st and CNT=eq use (None: that of ``src`` itself).  COL and CNT=eq are
+    applied; flips and rotations are not (see ``orient``)."""
     if display_8bit and not float_processing(view):
         left, top, right, bottom = margin
         src = src[:, top : src.shape[1] - bottom, left : src.shape[2] - right]
         return convert_colour(display_samples(src), view.colour)
     mins, maxs = ranges_for(view, defaults)
+    if view.uses_histogram and histogram is None:
+        histogram = kernels.histogram(src, mins, maxs)
     if view.shade is None:
         pixels = kernels.render(src, mins, maxs, ctw=_ctw(view), gamma=view.gamma,
-                                invert=view.invert, cmap=view.cmap, contrast=view.contrast)
+                                invert=view.invert, cmap=view.cmap, contrast=view.contrast,
+                                stretch=view.stretch, autostretch=view.autostretch,
+                                histogram=histogram if view.autostretch else None)
     else:
+        if view.autostretch:
+            assert histogram is not None
+            mins, maxs = kernels.narrowed_range(mins, maxs, histogram)
         norm = shade(normalise(src, mins, maxs), *view.shade)
         left, top, right, bottom = margin
         norm = norm[:, top : norm.shape[1] - bottom, left : norm.shape[2] - right]
         pixels = finish(norm, view)
-    return convert_colour(pixels, view.colour)
+    return equalise(convert_colour(pixels, view.colour), view, histogram)
 
 
-def render_raw(raw: RawWindow, view: View, defaults: list[DisplayRange]) -> np.ndarray:
+def render_raw(raw: RawWindow, view: View, defaults: list[DisplayRange],
+               histogram: np.ndarray | None = None) -> np.ndarray:
     """``render`` of the window whose raw samples ``raw`` holds, in one kernel pass from the
-    samples to 8 bits (``kernels.render_raw``: no float32 window); not for SHD."""
+    samples to 8 bits (``kernels.render_raw``: no float32 window); not for SHD.
+    ``histogram`` as for ``render`` (None with CNT=st or CNT=eq: that of the window, which
+    is then converted to float32 for it)."""
     if view.shade is not None:
         raise ValueError("SHD needs the float32 window: use render")
     mins, maxs = ranges_for(view, defaults)
+    if view.uses_histogram and histogram is None:
+        samples = np.asarray(raw.samples)
+        planes = samples if samples.ndim == 3 else samples[np.newaxis]
+        histogram = kernels.histogram(np.stack([
+            kernels.to_float32(p, raw.bscale, raw.bzero, raw.blank, raw.flip) for p in planes]),
+            mins, maxs)
     pixels = kernels.render_raw(raw.samples, raw.bscale, raw.bzero, raw.blank, raw.flip, mins,
                                 maxs, ctw=_ctw(view), gamma=view.gamma, invert=view.invert,
-                                cmap=view.cmap, contrast=view.contrast)
-    return convert_colour(pixels, view.colour)
+                                cmap=view.cmap, contrast=view.contrast, stretch=view.stretch,
+                                autostretch=view.autostretch,
+                                histogram=histogram if view.autostretch else None)
+    return equalise(convert_colour(pixels, view.colour), view, histogram)
 
 
 def finish(norm: np.ndarray, view: View) -> np.ndarray:
     """Already normalised float32 (C, h, w) through CTW, flattening, GAM, INV, CMP and
-    quantisation (the kernels' normalisation with range 0..1 is the identity)."""
+    quantisation (the kernels' normalisation with range 0..1 is the identity); CNT=st is
+    the caller's (a narrowed range before normalising)."""
     return kernels.render(np.ascontiguousarray(norm, np.float32), 0.0, 1.0, ctw=_ctw(view),
                           gamma=view.gamma, invert=view.invert, cmap=view.cmap,
-                          contrast=view.contrast)
+                          contrast=view.contrast, stretch=view.stretch)
+
+
+def equalise(pixels: np.ndarray, view: View, histogram: np.ndarray | None) -> np.ndarray:
+    """CNT=eq on the 8-bit output (after COL, as in iipsrv 1.2); anything else unchanged."""
+    if not view.equalize:
+        return pixels
+    assert histogram is not None
+    return kernels.equalize(pixels, histogram)
 
 
 def renders_16bit(view: View, channels: int) -> bool:
     """Whether a request's output is one channel that can keep 16 bits: data of one or
-    two channels (a second one is left out, as the kernels flatten it), no colormap and
-    no bi-level conversion."""
-    return channels <= 2 and view.cmap == kernels.CMAP_NONE and view.colour != "binary"
+    two channels (a second one is left out, as the kernels flatten it), no colormap, no
+    bi-level conversion and no CNT=eq (a mapping of 256 levels)."""
+    return (channels <= 2 and view.cmap == kernels.CMAP_NONE and view.colour != "binary"
+            and not view.equalize)
 
 
 def finish16(norm: np.ndarray, view: View) -> np.ndarray:
     """``finish`` to 16 bits, for the views of ``renders_16bit``: normalised float32
-    (C, h, w) through the first CTW row, GAM, INV and ``v * 65535 * CNT`` clamped to
-    0..65535 and truncated: uint16 (h, w).  The same arithmetic as the 8-bit kernels
-    with 65535 for 255, so the top byte is within one of the 8-bit output."""
+    (C, h, w) through the first CTW row, GAM (the stretch, ``kernels.apply_stretch``), INV and
+    ``v * 65535 * CNT`` clamped to 0..65535 and truncated: uint16 (h, w).  The same
+    arithmetic as the 8-bit kernels with 65535 for 255, so the top byte is within one of
+    the 8-bit output; CNT=st is the caller's (a narrowed range)."""
     norm = np.asarray(norm, np.float32)
     with np.errstate(all="ignore"):
         if view.ctw:
@@ -172,8 +216,7 @@ def finish16(norm: np.ndarray, view: View) -> np.ndarray:
                     v = v + np.float32(row[j]) * norm[j]
         else:
             v = norm[0]
-        if view.gamma != 1.0:
-            v = np.maximum(v, np.float32(0)) ** np.float32(view.gamma)
+        v = kernels.apply_stretch(v, view.stretch, view.gamma)
         if view.invert:
             v = np.float32(1) - v
         t = v * np.float32(65535) * np.float32(view.contrast)
@@ -335,7 +378,7 @@ def export(read: Callable[[int, int, int, int], np.ndarray], source: tuple[int, 
            level_size: tuple[int, int], channels: int, out_size: tuple[int, int], view: View,
            defaults: list[DisplayRange], bilinear: bool = True,
            display_8bit: bool = False, depth: int = 8,
-           budget: int = STRIP_BYTES) -> np.ndarray:
+           histogram: np.ndarray | None = None, budget: int = STRIP_BYTES) -> np.ndarray:
     """A region resampled to ``out_size`` and rendered: uint8 (h, w) or (h, w, 3).
 
     ``read(x, y, w, h)`` returns float32 (C, h, w) of the level the region
@@ -345,7 +388,8 @@ def export(read: Callable[[int, int, int, int], np.ndarray], source: tuple[int, 
     ``display_8bit`` as for ``render``: without a float operation the 8-bit samples
     are resampled and truncated, not normalised.  ``depth`` 16 gives uint16 (h, w)
     through ``finish16``; the caller checks ``renders_16bit`` (and that the output is
-    not 8-bit samples as they are)."""
+    not 8-bit samples as they are).  ``histogram`` (of the view's range) is required by
+    CNT=st and CNT=eq: ValueError without it."""
     samples = display_8bit and not float_processing(view)
     if depth == 16 and (samples or not renders_16bit(view, channels)):
         raise ValueError("this view has no 16-bit output")
@@ -353,6 +397,11 @@ def export(read: Callable[[int, int, int, int], np.ndarray], source: tuple[int, 
     lw, lh = level_size
     out_w, out_h = out_size
     mins, maxs = ranges_for(view, defaults)
+    if view.uses_histogram and histogram is None:
+        raise ValueError("CNT=st and CNT=eq need the histogram of the view's range")
+    if view.autostretch:
+        assert histogram is not None
+        mins, maxs = kernels.narrowed_range(mins, maxs, histogram)
     xi0, xi1, xf = axis_map(rw, out_w, bilinear)
     yi0, yi1, yf = axis_map(rh, out_h, bilinear)
     m = shade_margin(view, channels)
@@ -385,5 +434,5 @@ def export(read: Callable[[int, int, int, int], np.ndarray], source: tuple[int, 
         out[oy0:oy1] = pixels
     assert out is not None
     if depth == 16:
-        return out  # one channel: COL grey changes nothing
-    return convert_colour(out, view.colour)
+        return out  # one channel: COL grey changes nothing; no CNT=eq (renders_16bit)
+    return equalise(convert_colour(out, view.colour), view, histogram)

@@ -12,10 +12,13 @@ read as stored (``pyramid.StoredLevels``), or the pyramid built from a FITS imag
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
+
 from iipy.cache import LRU
+from iipy.imaging import kernels, render
 from iipy.imaging.display import parse_policy
 from iipy.imaging.geometry import Grid
 from iipy.imaging.paths import ImageRef
@@ -29,6 +32,8 @@ log = logging.getLogger(__name__)
 
 #: Decoded TIFF tiles kept per open image (reads of neighbouring windows share tiles).
 TIFF_TILE_CACHE_BYTES = 4 << 20
+#: Display ranges whose CNT=st/eq histogram an open image keeps.
+HISTOGRAMS = 32
 
 
 @dataclass(slots=True)
@@ -37,11 +42,33 @@ class OpenImage:
     source: ImageSource
     grid: Grid
     pyramid: Levels
+    #: CNT=st/eq histograms by display range (see ``histogram``).
+    histograms: LRU[tuple[bytes, bytes], np.ndarray] = field(
+        default_factory=lambda: LRU(HISTOGRAMS))
 
     @property
     def ranges(self) -> list[DisplayRange]:
         self.pyramid.ensure()
         return self.pyramid.ranges
+
+    def histogram(self, view: render.View) -> np.ndarray | None:
+        """The 256 level counts CNT=st and CNT=eq use for ``view`` (``kernels.histogram``
+        with the view's range, MINMAX included), or None when the view needs none.  As in
+        iipsrv 1.2 they come from the smallest level, so that every tile and export of a
+        view shares one mapping; computed once per range (the most recent HISTOGRAMS are
+        kept, read-only)."""
+        if not view.uses_histogram:
+            return None
+        mins, maxs = render.ranges_for(view, self.ranges)
+        key = (mins.tobytes(), maxs.tobytes())
+        hist = self.histograms.get(key)
+        if hist is None:
+            k = self.grid.num_resolutions - 1
+            w, h = self.grid.level_size(k)
+            hist = kernels.histogram(self.pyramid.window(k, 0, 0, w, h), mins, maxs)
+            hist.setflags(write=False)
+            self.histograms.put(key, hist)
+        return hist
 
     def close(self) -> None:
         """Close the file and let go of the levels (a pyramid's shared lock, its memory)."""

@@ -130,7 +130,8 @@ def export_response(ctx: Context, image: OpenImage, kind: str, level: int,
         read_before = ctx.timings.read
         pixels = render.export(read, source, grid.level_size(level), image.source.channels,
                                out_size, view, defaults, bilinear=bilinear,
-                               display_8bit=display_8bit, depth=depth)
+                               display_8bit=display_8bit, depth=depth,
+                               histogram=image.histogram(view))
         pixels = render.orient(pixels, rotation, mirror)
         wm = watermark_for(settings)
         if wm is not None:

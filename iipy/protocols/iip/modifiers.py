@@ -9,7 +9,8 @@ from iipy.imaging import kernels
 from iipy.protocols.iip import parser
 from iipy.protocols.iip.context import Context
 from iipy.protocols.iip.parser import Command
-from iipy.settings import atof, atoi
+from iipy.protocols.iip.stretch import parse_contrast, parse_stretch
+from iipy.settings import atoi
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +34,23 @@ def cmd_minmax(ctx: Context, cmd: Command) -> None:
 
 
 def cmd_cnt(ctx: Context, cmd: Command) -> None:
-    ctx.view.contrast = atof(cmd.arg)
+    """CNT (§5.13): a contrast factor, or iipsrv 1.2's ``eq`` (equalisation, the factor
+    kept) and ``st`` (the range narrowed to the histogram, factor 1); a later number ends
+    ``st``, not ``eq``."""
+    value = parse_contrast(cmd.arg)
+    view = ctx.view
+    if not isinstance(value, str):
+        view.contrast, view.autostretch = value, False
+    elif value == "eq":
+        view.equalize = True
+    else:  # "st"
+        view.contrast, view.autostretch = 1.0, True
 
 
 def cmd_gam(ctx: Context, cmd: Command) -> None:
-    ctx.view.gamma = atof(cmd.arg)
+    """GAM (§5.14): a power, or ``log``, ``asinh[:BETA]``, ``sqrt``; 1 is no stretch."""
+    parsed = parse_stretch(cmd.arg)
+    ctx.view.stretch, ctx.view.gamma = (kernels.STRETCH_POWER, 1.0) if parsed is None else parsed
 
 
 def cmd_cmp(ctx: Context, cmd: Command) -> None:

@@ -48,14 +48,15 @@ def tile_pixels(ctx: Context, image: OpenImage, resolution: int, tile: int) -> n
                if ctx.view.shade is None else None)
         if raw is not None:  # full resolution: one kernel pass from the raw samples
             t1 = time.perf_counter()
-            pixels = render.render_raw(raw, ctx.view, defaults)
+            pixels = render.render_raw(raw, ctx.view, defaults, image.histogram(ctx.view))
             ctx.timings.read += t1 - t0
             ctx.timings.render += time.perf_counter() - t1
             return pixels
         src = image.pyramid.window(k, win.x, win.y, win.w, win.h)
         margin = (0, 0, 0, 0)
     t1 = time.perf_counter()
-    pixels = render.render(src, ctx.view, defaults, margin, image.source.display_8bit)
+    pixels = render.render(src, ctx.view, defaults, margin, image.source.display_8bit,
+                           image.histogram(ctx.view))
     ctx.timings.read += t1 - t0
     ctx.timings.render += time.perf_counter() - t1
     return pixels
