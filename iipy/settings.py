@@ -277,7 +277,7 @@ SETTINGS: tuple[Setting, ...] = (
             "at VERBOSITY=2)."),
     Setting("IIPY_DISPLAY_RANGE", "display_range", display_range_policy, DEFAULT_DISPLAY_RANGE,
             "Default display range of each channel: `stiff` (as STIFF), `mad`, `zscale`, "
-            "`percentile:LO,HI` or `minmax` (see Display)."),
+            "`percentile:LO,HI` or `minmax` (see Display: ranges and stretches)."),
 )
 
 
