@@ -379,25 +379,50 @@ def _is_image(hdu) -> bool:
         hdu.header.get("NAXIS2", 0) > 0
 
 
+def _walk(hdul) -> Iterator:
+    """The HDUs of an open file in order, read as they are asked for.
+
+    astropy finds each HDU after the data of the previous one; a header whose data size
+    is negative (a negative ``NAXISn``) sends it back to an earlier header, and it would
+    then read the same HDUs again and again, without end and with ever more memory.  An
+    HDU that does not start after the previous one makes the file unreadable."""
+    last = -1
+    for hdu in hdul:
+        info = hdu.fileinfo()
+        if info is not None:
+            if info["hdrLoc"] <= last or info["datSpan"] < 0:
+                raise UnreadableImage("Invalid HDU sizes in file")
+            last = info["hdrLoc"]
+        yield hdu
+
+
 def _select_hdus(hdul, selector: str) -> list:
     """Default: the first image HDU with two or more axes; ``N``: HDU number N (0 is
     the primary); ``NAME`` or ``NAME,VER``: by EXTNAME (and EXTVER); ``*``: every 2-D
-    image HDU of the size of the first one, each a channel."""
+    image HDU of the size of the first one, each a channel.  Every HDU is reached
+    through ``_walk``, so astropy's own lookups only see HDUs already checked."""
     if not selector:
-        for hdu in hdul:
+        for hdu in _walk(hdul):
             if _is_image(hdu):
                 return [hdu]
         raise NoSuchHDU("No image HDU in file")
     if selector == "*":
-        images = [h for h in hdul if _is_image(h) and h.header["NAXIS"] == 2]
+        images = [h for h in _walk(hdul) if _is_image(h) and h.header["NAXIS"] == 2]
         if not images:
             raise NoSuchHDU("No 2-D image HDU in file")
         size = (images[0].header["NAXIS1"], images[0].header["NAXIS2"])
         return [h for h in images if (h.header["NAXIS1"], h.header["NAXIS2"]) == size]
     try:
         if selector.isdigit():
-            hdu = hdul[int(selector)]
+            index = int(selector)
+            for n, hdu in enumerate(_walk(hdul)):
+                if n == index:
+                    break
+            else:
+                raise IndexError(index)
         else:
+            for _ in _walk(hdul):  # the whole file, checked, before a lookup by name
+                pass
             name, _, ver = selector.partition(",")
             hdu = hdul[(name.strip(), int(ver))] if ver.strip() else hdul[name.strip()]
     except (KeyError, IndexError, ValueError):
