@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import logging
 import subprocess
@@ -142,3 +143,52 @@ def test_damaged_compressed_tiles_are_a_file_error(tmp_path, caplog, compression
     assert not [rec for rec in caplog.records if rec.levelno >= logging.ERROR]
     r = app.handle({"QUERY_STRING": "FIF=c.fits&PFL=2:0,0-3,0"})
     assert r.body == b'{\n\t"profile": [%d,%d,%d]\n}' % tuple(data[-1, :3])
+
+
+def test_unparsable_cards_are_left_out(tmp_path, caplog):
+    """A card astropy cannot parse raises a VerifyError on every read of it: the
+    metadata, the header sent as subject and the FITS cut-out leave it out."""
+    hdr = fits.Header([("CTYPE1", "RA---TAN"), ("CTYPE2", "DEC--TAN"), ("CRVAL1", 10.0),
+                       ("CRVAL2", 20.0), ("CDELT1", -1e-4), ("CDELT2", 1e-4),
+                       ("OBJECT", "M31"), ("FILTER", "r")])
+    fits.PrimaryHDU(np.ones((40, 50), np.float32), header=hdr).writeto(tmp_path / "a.fits")
+    raw = (tmp_path / "a.fits").read_bytes()
+    raw = _set_card(raw, "CDELT1", "NAN")
+    raw = _set_card(raw, "OBJECT", "'M31")  # no closing quote
+    raw = _set_card(raw, "FILTER", "1.2.3")
+    (tmp_path / "b.fits").write_bytes(raw)
+    app = make_app(tmp_path)
+    caplog.set_level(logging.WARNING)
+    r = app.handle({"QUERY_STRING": "FIF=b.fits&obj=IIP,1.0&obj=max-size&obj=subject"})
+    assert r.status == 200
+    subject = r.body.split(b"subject/", 1)[1].split(b":", 1)[1]
+    cards = [subject[i : i + 8].strip() for i in range(0, len(subject) - 2, 80)]
+    assert b"CDELT1" not in cards and b"OBJECT" not in cards and b"FILTER" not in cards
+    assert b"CRVAL2" in cards and b"CD2_2" in cards
+    for query in ("obj=title", "CVT=fits", "JTL=0,0"):
+        r = app.handle({"QUERY_STRING": "FIF=b.fits&" + query})
+        assert r.status in (200, 400), query  # obj=title: nothing to say, error 2 1
+    r = app.handle({"QUERY_STRING": "FIF=b.fits&CVT=fits"})
+    with fits.open(io.BytesIO(r.body)) as cut:
+        assert cut[0].header["CTYPE1"] == "RA---TAN" and "OBJECT" not in cut[0].header
+        assert cut[0].data.shape == (40, 50)
+    assert not [rec for rec in caplog.records if rec.levelno >= logging.ERROR]
+
+
+def test_axes_of_length_zero_hold_no_image(tmp_path):
+    """NAXIS3 = 0 (a cube without planes) is no image: the next image HDU is served,
+    or, without one, a 404 file error (it used to be a 500 on every request)."""
+    fits.PrimaryHDU(np.ones((2, 30, 40), np.float32)).writeto(tmp_path / "cube.fits")
+    empty = _set_card((tmp_path / "cube.fits").read_bytes()[:2880], "NAXIS3", "0")
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(np.full((20, 10), 7, np.int16))]).writeto(
+        tmp_path / "ext.fits")
+    (tmp_path / "zero.fits").write_bytes(empty + (tmp_path / "ext.fits").read_bytes()[2880:])
+    (tmp_path / "only.fits").write_bytes(empty)
+    app = make_app(tmp_path)
+    for fif in ("zero.fits", "zero.fits[*]"):
+        r = app.handle({"QUERY_STRING": "FIF=%s&obj=max-size" % fif})
+        assert r.body == b"\r\nMax-size:10 20\r\n"
+    for query in ("FIF=zero.fits[0]&obj=max-size", "FIF=only.fits&JTL=0,0",
+                  "FIF=only.fits&CVT=jpeg", "FIF=only.fits[*]&JTL=0,0"):
+        r = app.handle({"QUERY_STRING": query})
+        assert r.status == 404, query
