@@ -9,9 +9,14 @@ The number of examples comes from the hypothesis profile (tests/unit/conftest.py
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
+import os
+import re
+import signal
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -259,3 +264,111 @@ def test_raw_bytes(fuzz_app, query):
 @given(st.lists(commands(), max_size=8).map("&".join))
 def test_commands_without_an_image(fuzz_app, query):
     check(fuzz_app, query)
+
+
+# --- damaged files ----------------------------------------------------------------------------
+
+HEADER_KEYS = ["BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "NAXIS3", "BSCALE", "BZERO", "BLANK",
+               "CDELT1", "CRPIX1", "CD1_1", "PC1_1", "CROTA2", "CTYPE1", "OBJECT", "FILTER",
+               "EXTEND", "END"]
+HEADER_VALUES = ["0", "-1", "1", "2", "3", "8", "16", "-16", "-32", "-64", "64", "7", "-45",
+                 "999999999", "-999999999", "1E300", "NAN", "1.5", "'abc'", "'abc", "T", "",
+                 "2147483648", "3000", "1.2.3", "(1, 2)"]
+
+
+def _base_files() -> dict[str, bytes]:
+    """Small files of every sample type and shape, as bytes (written once)."""
+    import io as _io
+
+    rng = np.random.default_rng(11)
+    out = {}
+    for dtype in (np.uint8, np.int16, np.int32, np.int64, np.float32, np.float64):
+        for shape in ((40, 30), (3, 20, 25), (2, 2, 10, 12), (300, 4)):
+            hdr = fits.Header([("BSCALE", 1.0), ("BZERO", 0.0), ("CTYPE1", "RA---TAN"),
+                               ("CDELT1", -1e-4), ("CRPIX1", 1.0), ("OBJECT", "x"),
+                               ("FILTER", "r")])
+            if np.dtype(dtype).kind in "iu":
+                hdr["BLANK"] = 7
+            data = rng.normal(100, 20, shape).astype(dtype)
+            buf = _io.BytesIO()
+            fits.PrimaryHDU(data, header=hdr).writeto(buf)
+            out["%s-%d" % (np.dtype(dtype).name, len(shape))] = buf.getvalue()
+    buf = _io.BytesIO()
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(np.ones((20, 30), np.float32), name="SCI"),
+                  fits.CompImageHDU(rng.integers(0, 9, (40, 50)).astype(np.int16))]).writeto(buf)
+    out["mef"] = buf.getvalue()
+    return out
+
+
+BASE_FILES = _base_files()
+
+
+def _set(raw: bytes, hdu_start: int, key: str, value: str) -> bytes:
+    """Overwrite (or, if absent, replace the END card by) the card ``key = value``."""
+    card = ("%-8s= %20s" % (key, value)).ljust(80).encode("latin-1")[:80]
+    for off in range(hdu_start, min(len(raw), hdu_start + 2880 * 4), 80):
+        name = raw[off : off + 8].decode("latin-1").strip()
+        if name == key or name == "END":
+            return raw[:off] + card + raw[off + 80 :]
+    return raw
+
+
+@st.composite
+def damaged_files(draw) -> bytes:
+    raw = BASE_FILES[draw(st.sampled_from(sorted(BASE_FILES)))]
+    starts = [m.start() for m in re.finditer(rb"(SIMPLE  =|XTENSION=)", raw) if m.start() % 2880 == 0]
+    for _ in range(draw(st.integers(1, 3))):
+        raw = _set(raw, draw(st.sampled_from(starts)), draw(st.sampled_from(HEADER_KEYS)),
+                   draw(st.sampled_from(HEADER_VALUES)))
+    if draw(st.booleans()):
+        cut = draw(st.integers(0, len(raw)))
+        raw = raw[:cut] if draw(st.booleans()) else raw[:cut] + bytes(
+            draw(st.binary(min_size=1, max_size=64))) + raw[cut + 64 :]
+    return raw
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Raise TimeoutError in the test if its body runs longer than ``seconds`` (SIGALRM):
+    a request that loops fails the test instead of hanging the suite."""
+    def expire(signum, frame):
+        raise TimeoutError("a request ran longer than %g s" % seconds)
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.filterwarnings("ignore")  # astropy's warnings about the damage
+@given(damaged_files())
+@example(_set(BASE_FILES["int32-4"], 0, "NAXIS1", "-16"))  # a data size of -2880: a loop
+@example(_set(BASE_FILES["mef"], 2880, "NAXIS2", "-45"))
+@example(_set(BASE_FILES["float32-3"], 0, "NAXIS3", "0"))  # no planes
+@example(_set(BASE_FILES["float64-2"], 0, "CDELT1", "NAN"))  # unparsable
+@example(_set(BASE_FILES["int16-2"], 0, "OBJECT", "'abc"))
+@example(BASE_FILES["uint8-2"].replace(b"NAXIS1  =                   30",
+                                       b"NAXIS1  =                    3"))  # 3 x 40
+def test_damaged_files(fuzz_app, raw):
+    """Header cards set to wrong values (negative, zero, huge axis lengths, BITPIX of no
+    type, unparsable numbers, a missing END), files cut or overwritten: every request is
+    answered with a 200 or a file error, never a 500 or a hang (a negative NAXISn made
+    astropy read the file round for ever)."""
+    app, _ = fuzz_app
+    root = app.settings.filesystem_prefix
+    name = "damaged-%d.fits" % len(os.listdir(root))
+    with open(os.path.join(root, name), "wb") as f:
+        f.write(raw)
+    try:
+        for query in ("obj=IIP,1.0&obj=max-size&obj=resolution-number&obj=min-max-sample-values"
+                      "&obj=subject&obj=title", "GAM=0.4545&CTW=1;1;1&JTL=0,0", "JTL=1,0",
+                      "PFL=1:0,5-20,5", "RGN=0.1,0.1,0.5,0.5&WID=50&CVT=jpeg", "CVT=fits",
+                      "SPECTRA=0,0,1,1", "FIF=%s[1]&JTL=0,0" % name, "FIF=%s[SCI]&JTL=0,0" % name,
+                      "FIF=%s[*]&JTL=0,0" % name):
+            with time_limit(10):
+                check(fuzz_app, query if query.startswith("FIF=") else "FIF=%s&%s" % (name, query))
+    finally:
+        os.unlink(os.path.join(root, name))
