@@ -31,6 +31,8 @@ lines, and worker pids that changed), connection errors and timeouts, requests/s
 Every 5xx, traceback or death is printed with its request.  The exit status is 1 if
 any 5xx, traceback, death or HTTP connection error was seen, else 0.
 
+``--url`` works as well with ``iipy serve`` (``--url http://127.0.0.1:PORT/iip``).
+
 Needs: nginx (apt), and for ``--url`` nothing but a reachable server.
 """
 
@@ -667,7 +669,7 @@ def main() -> int:
         "workers_replaced": replaced,
     }
     print("fuzz: %d requests in %.0f s (%.0f/s)" % (total, elapsed, total / elapsed))
-    print("fuzz: iipy answers through nginx %s" % dict(sorted(statuses.items())))
+    print("fuzz: the server's answers over HTTP %s" % dict(sorted(statuses.items())))
     print("fuzz: nginx's own answers %s" % dict(sorted(nginx.items())))
     print("fuzz: raw FastCGI answers %s" % dict(sorted(fcgi.items())))
     print("fuzz: connection errors and timeouts %s" % dict(errors))
