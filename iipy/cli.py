@@ -13,11 +13,20 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import urllib.parse
 
 from iipy import __version__
 
 METADATA_OBJECTS = ("IIP,1.0", "max-size", "tile-size", "resolution-number",
                     "bits-per-channel", "min-max-sample-values", "resolutions")
+
+
+def fif_argument(fif: str) -> str:
+    """A FIF value as it must appear in a query string: percent-encoded (UTF-8, the
+    undecodable bytes of a file name kept) wherever the request syntax would change it
+    (``&`` ends a command, ``+`` is a space, ``%`` starts an escape), so that the
+    parser's decoding gives back ``fif`` itself (docs/protocol.md §3.2)."""
+    return urllib.parse.quote(fif.encode("utf-8", "surrogateescape"), safe="/[]*,:;=@!$'()~")
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -33,7 +42,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         filesystem_prefix=os.path.dirname(path) + "/", filesystem_suffix="", verbosity=0)
     fif = os.path.basename(path) + ("[%s]" % selector if selector else "")
     app = Application(settings)
-    query = "FIF=" + fif + "".join("&obj=" + o for o in METADATA_OBJECTS)
+    query = "FIF=" + fif_argument(fif) + "".join("&obj=" + o for o in METADATA_OBJECTS)
     response = app.handle({"QUERY_STRING": query})
     if response.status != 200:
         sys.stderr.write("iipy info: %s: %s\n" % (args.file, response.body.decode(

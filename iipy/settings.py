@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -18,22 +19,47 @@ from typing import Any, Callable, Mapping
 
 log = logging.getLogger(__name__)
 
-_INT_RE = re.compile(r"\s*([+-]?\d+)")
+# C's isspace() and digits: ASCII only (Python's \s and \d also match other Unicode
+# blanks and digits, which C does not skip or read)
+_INT_RE = re.compile(r"[ \t\n\v\f\r]*([+-]?)0*([0-9]+)")
 _FLOAT_RE = re.compile(
-    r"\s*([+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|inf(?:inity)?|nan))", re.IGNORECASE
+    r"[ \t\n\v\f\r]*([+-]?)(?:(0x(?:[0-9a-f]+\.?[0-9a-f]*|\.[0-9a-f]+)(?:p[+-]?[0-9]+)?)"
+    r"|((?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:e[+-]?[0-9]+)?|inf(?:inity)?|nan))", re.IGNORECASE
 )
+_LONG_MAX = (1 << 63) - 1
+_LONG_MIN = -(1 << 63)
 
 
 def atoi(text: str) -> int:
-    """C ``atoi``: leading blanks skipped, longest integer prefix, 0 if none."""
+    """glibc ``atoi`` before its cast to ``int`` (``strtol``): leading blanks skipped,
+    the longest decimal prefix, 0 if none, saturated at the 64-bit ``long`` limits (so
+    thousands of digits never reach Python's int conversion limit)."""
     m = _INT_RE.match(text)
-    return int(m.group(1)) if m else 0
+    if m is None:
+        return 0
+    sign, digits = m.groups()
+    if len(digits) > 19:  # beyond any 64-bit value
+        return _LONG_MIN if sign == "-" else _LONG_MAX
+    value = -int(digits) if sign == "-" else int(digits)
+    return max(_LONG_MIN, min(_LONG_MAX, value))
 
 
 def atof(text: str) -> float:
-    """C ``atof``: leading blanks skipped, longest float prefix, 0.0 if none."""
+    """C ``atof`` (``strtod``): leading blanks skipped, the longest decimal or
+    hexadecimal (``0x1.8p3``) prefix, ``inf``, ``infinity`` or ``nan``; 0.0 if none;
+    overflow gives an infinity."""
     m = _FLOAT_RE.match(text)
-    return float(m.group(1)) if m else 0.0
+    if m is None:
+        return 0.0
+    sign, hexa, decimal = m.groups()
+    if hexa is not None:
+        try:
+            value = float.fromhex(hexa)
+        except OverflowError:
+            value = math.inf
+    else:
+        value = float(decimal)
+    return -value if sign == "-" else value
 
 
 def c_int(lo: int | None = None, hi: int | None = None) -> Callable[[str], int]:

@@ -211,6 +211,17 @@ class StoredLevels:
         pass
 
 
+def _bin2x2(rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``kernels.bin2x2`` of ``rows`` (h, w), where a side of one pixel is binned with
+    itself: levels are at least one pixel each way (``geometry.level_size``), so a level
+    one pixel wide (or high) is the mean of the 2x1 (or 1x2) blocks above it."""
+    if rows.shape[0] == 1:
+        rows = np.repeat(rows, 2, axis=0)
+    if rows.shape[1] == 1:
+        rows = np.repeat(rows, 2, axis=1)
+    return kernels.bin2x2(rows, out=out)
+
+
 class Pyramid:
     """The reduced levels of a FITS image (see the module docstring)."""
 
@@ -509,7 +520,7 @@ class Pyramid:
                     if k == first:
                         self._from_full(k, c, 0, 0, out.shape[2], out.shape[1], out[c], True)
                     else:
-                        kernels.bin2x2(np.ascontiguousarray(levels[-1][c]), out=out[c])
+                        _bin2x2(np.ascontiguousarray(levels[-1][c]), out[c])
                 levels.append(out)
             self.levels = levels
         self._reserved = kept
@@ -533,12 +544,16 @@ class Pyramid:
         values as the level built whole."""
         f = 1 << k
         band = max(1, BAND_BYTES // (4 * f * f * max(w, 1)))  # output rows per band
+        width, height = self.image.width, self.image.height
         for y0 in range(0, h, band):
             y1 = min(h, y0 + band)
-            rows = self.image.read(c, x * f, (y + y0) * f, w * f, (y1 - y0) * f)
+            top = (y + y0) * f
+            # a level one pixel wide (high) comes from fewer than f columns (rows)
+            rows = self.image.read(c, x * f, top, min(w * f, width - x * f),
+                                   min((y1 - y0) * f, height - top))
             for _ in range(k - 1):
-                rows = kernels.bin2x2(rows)
-            kernels.bin2x2(rows, out=out[y0:y1])
+                rows = _bin2x2(rows)
+            _bin2x2(rows, out[y0:y1])
             if report and self.progress is not None:
                 self.progress("%s: level %d of %d" % (self.image.ref.fif, k,
                                                       self.grid.num_resolutions - 1),
@@ -596,6 +611,7 @@ class Pyramid:
         band = max(2, BAND_BYTES // (8 * max(image.width, 1)) // 2 * 2)  # level-1 rows
         progress, fif = self.progress, image.ref.fif
         writer = _LevelWriter(shapes, files, band)
+        thin = image.width == 1 or image.height == 1
         if progress is not None:  # every band of every level reports (and beats the heart)
             writer.report = lambda: progress(fif, writer.fraction)
         ranges = []
@@ -609,9 +625,12 @@ class Pyramid:
                 for j in range((h1 - 1) // band, -1, -1):
                     top, end = j * band, min(h1, (j + 1) * band)
                     out = writer.slot(1, c, top, end - top)
-                    image.read_rows(c, 2 * top, 2 * (end - top), out=out, binned=True,
-                                    samples=lambda v, y0=2 * top, n=2 * (end - top):
-                                    take(v, y0, n))
+                    n = min(2 * (end - top), image.height - 2 * top)  # 1: one row high
+                    keep = lambda v, y0=2 * top, n=n: take(v, y0, n)  # noqa: E731
+                    if thin:  # a side of one pixel: binned with itself
+                        _bin2x2(image.read_rows(c, 2 * top, n, samples=keep), out)
+                    else:
+                        image.read_rows(c, 2 * top, n, out=out, binned=True, samples=keep)
                     writer.fraction = (c + (h1 - top) / h1) / image.channels
                     writer.done(1, c, top, end - top)
                 ranges.append(rp.result())
@@ -668,10 +687,12 @@ class _LevelWriter:
             self.report()
         if k < len(self.shapes):
             pairs = min(end, 2 * self.shapes[k][1]) - first
-            if pairs >= 2:
-                n_next = pairs // 2
+            # a level one row high makes a next level one row high (levels are at least
+            # one pixel each way): its row is binned with itself
+            n_next = 1 if h == 1 else pairs // 2
+            if n_next:
                 out = self.slot(k + 1, c, first // 2, n_next)
-                kernels.bin2x2(rows[: 2 * n_next], out=out)
+                _bin2x2(rows[: 2 * n_next if h > 1 else 1], out)
                 self.done(k + 1, c, first // 2, n_next)
 
     def finish(self) -> list[np.ndarray]:

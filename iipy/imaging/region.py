@@ -78,7 +78,9 @@ def _level_for(requested: int, fraction: float, full: int, nres: int) -> int:
     ``floor(requested / fraction)``; 0 if even full resolution is smaller."""
     if requested < 0:
         return nres - 1
-    needed = math.floor(requested / fraction) if fraction > 0 else math.inf
+    # a tiny fraction (RGN=0,0,1,1e-309) makes the quotient infinite: no level is enough
+    needed = requested / fraction if fraction > 0 else math.inf
+    needed = math.floor(needed) if math.isfinite(needed) else math.inf
     k = 0
     while k + 1 < nres and max(1, full >> (k + 1)) >= needed:
         k += 1

@@ -137,7 +137,7 @@ def render(src: np.ndarray, view: View, defaults: list[DisplayRange],
     if view.uses_histogram and histogram is None:
         histogram = kernels.histogram(src, mins, maxs)
     if view.shade is None:
-        pixels = kernels.render(src, mins, maxs, ctw=_ctw(view), gamma=view.gamma,
+        pixels = kernels.render(src, mins, maxs, ctw=_ctw(view, src.shape[0]), gamma=view.gamma,
                                 invert=view.invert, cmap=view.cmap, contrast=view.contrast,
                                 stretch=view.stretch, autostretch=view.autostretch,
                                 histogram=histogram if view.autostretch else None)
@@ -168,7 +168,8 @@ def render_raw(raw: RawWindow, view: View, defaults: list[DisplayRange],
             kernels.to_float32(p, raw.bscale, raw.bzero, raw.blank, raw.flip) for p in planes]),
             mins, maxs)
     pixels = kernels.render_raw(raw.samples, raw.bscale, raw.bzero, raw.blank, raw.flip, mins,
-                                maxs, ctw=_ctw(view), gamma=view.gamma, invert=view.invert,
+                                maxs, ctw=_ctw(view, _raw_channels(raw)), gamma=view.gamma,
+                                invert=view.invert,
                                 cmap=view.cmap, contrast=view.contrast, stretch=view.stretch,
                                 autostretch=view.autostretch,
                                 histogram=histogram if view.autostretch else None)
@@ -179,7 +180,8 @@ def finish(norm: np.ndarray, view: View) -> np.ndarray:
     """Already normalised float32 (C, h, w) through CTW, flattening, GAM, INV, CMP and
     quantisation (the kernels' normalisation with range 0..1 is the identity); CNT=st is
     the caller's (a narrowed range before normalising)."""
-    return kernels.render(np.ascontiguousarray(norm, np.float32), 0.0, 1.0, ctw=_ctw(view),
+    return kernels.render(np.ascontiguousarray(norm, np.float32), 0.0, 1.0,
+                          ctw=_ctw(view, norm.shape[0]),
                           gamma=view.gamma, invert=view.invert, cmap=view.cmap,
                           contrast=view.contrast, stretch=view.stretch)
 
@@ -209,7 +211,7 @@ def finish16(norm: np.ndarray, view: View) -> np.ndarray:
     norm = np.asarray(norm, np.float32)
     with np.errstate(all="ignore"):
         if view.ctw:
-            row = _rectangular(view.ctw)[0]
+            row = view.ctw[0][: norm.shape[0]]  # a missing coefficient contributes nothing
             v = np.zeros(norm.shape[1:], np.float32)
             for j in range(min(len(row), norm.shape[0])):
                 if row[j] != 0:
@@ -225,13 +227,24 @@ def finish16(norm: np.ndarray, view: View) -> np.ndarray:
     return t.astype(np.uint16)
 
 
-def _ctw(view: View) -> np.ndarray | None:
-    return np.array(_rectangular(view.ctw), np.float32) if view.ctw else None
+def _raw_channels(raw: RawWindow) -> int:
+    """Channels of a raw window: (C, h, w), or (h, w) for one."""
+    return raw.samples.shape[0] if np.ndim(raw.samples) == 3 else 1
+
+
+def _ctw(view: View, channels: int) -> np.ndarray | None:
+    """The CTW matrix for ``channels`` input channels: only rows and columns below the
+    channel count take part (docs/pipeline.md §4), so the rest is left out before the
+    rows are padded, and the matrix is at most C x C whatever the request holds (a
+    long row and many short ones would otherwise pad to rows x length)."""
+    if not view.ctw:
+        return None
+    return np.array(_rectangular([r[:channels] for r in view.ctw[:channels]]), np.float32)
 
 
 def _rectangular(rows: list[list[float]]) -> list[list[float]]:
     """Pad ragged CTW rows with zeros (a missing coefficient contributes nothing)."""
-    width = max(len(r) for r in rows)
+    width = max(1, max(len(r) for r in rows))
     return [list(r) + [0.0] * (width - len(r)) for r in rows]
 
 

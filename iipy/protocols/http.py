@@ -84,13 +84,13 @@ def parse_http_date(value: str) -> float | None:
     header is then ignored, docs/protocol.md §8.6)."""
     try:
         parsed = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if parsed is None:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=datetime.timezone.utc)
-    return parsed.timestamp()
+        if parsed is None:
+            return None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=datetime.timezone.utc)
+        return parsed.timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):  # a year or an hour of
+        return None  # 14 digits overflows a C int inside the time functions
 
 
 class Responder:

@@ -605,9 +605,20 @@ def service_id(params: Mapping[str, str], argument: str, base_url: str = "",
     return _uri_safe("%s://%s%s" % (proto, host, uri))
 
 
+#: Longest Location a redirect carries.  The service identifier holds the whole
+#: REQUEST_URI, and a header block larger than the web server's buffer for it (nginx's
+#: fastcgi_buffer_size: 4 kB by default) makes it answer 502 Bad Gateway instead.
+MAX_LOCATION = 2048
+
+
 def redirect_location(identifier: str) -> str:
-    """Location of the 303 answer to ``IIIF=<id>``."""
-    return identifier + "/info.json"
+    """Location of the 303 answer to ``IIIF=<id>``; a 400 when it would be longer than
+    ``MAX_LOCATION`` bytes (no image path is that long)."""
+    location = identifier + "/info.json"
+    if len(location.encode("utf-8", "surrogateescape")) > MAX_LOCATION:
+        raise IIIFBadRequest("IIIF: the identifier is too long (%d bytes) for a redirect"
+                             % len(identifier.encode("utf-8", "surrogateescape")))
+    return location
 
 
 # --- info.json ---------------------------------------------------------------------------------

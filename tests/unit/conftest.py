@@ -1,5 +1,10 @@
 """Fixtures for the unit tier: small FITS files written in tmp_path, settings, an
-Application called directly (no process, no socket)."""
+Application called directly (no process, no socket).
+
+Hypothesis profiles: ``default`` (100 examples a test, no deadline: the machine may be
+busy) and ``thorough`` (5000 examples), chosen with ``HYPOTHESIS_PROFILE``; tests that
+set their own ``max_examples`` keep it.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,11 @@ import os
 import numpy as np
 import pytest
 from astropy.io import fits
+from hypothesis import settings as hypothesis_settings
+
+hypothesis_settings.register_profile("default", deadline=None, max_examples=100)
+hypothesis_settings.register_profile("thorough", deadline=None, max_examples=5000)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 from iipy.protocols.router import Application
 from iipy.settings import Settings

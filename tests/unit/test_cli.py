@@ -1,6 +1,9 @@
-"""The ``iipy`` command: ``iipy pyramid`` builds what the server then only loads."""
+"""The ``iipy`` command: ``iipy pyramid`` builds what the server then only loads; ``iipy info``
+opens file names that the request syntax would change."""
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
@@ -8,6 +11,7 @@ from astropy.io import fits
 
 from iipy import cli
 from iipy.imaging import pyramid as pyramid_module
+from iipy.protocols.iip import parser
 from iipy.protocols.router import Application
 from iipy.settings import Settings
 
@@ -57,3 +61,26 @@ def test_pyramid_and_info_of_a_tiff(tmp_path, monkeypatch, capsys):
     out, _ = capsys.readouterr()
     assert "Resolutions:250 150,500 300\n" in out and "Channels:3\n" in out
     assert "TIFF:uint8 samples, srgb, 2 levels stored" in out and "  hello" in out
+
+
+NAMES = ["a+b.fits", "50%.fits", "x&y.fits", "%41.fits", "sp ace.fits", "été.fits",
+         "a=b;c.fits", "raw\udcff.fits"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fif_argument_decodes_to_the_name(name):
+    query = "FIF=" + cli.fif_argument(name + "[SCI,2]") + "&obj=max-size"
+    assert [c.arg for c in parser.parse(query).commands] == [name + "[SCI,2]", "max-size"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_info_opens_names_with_query_characters(tmp_path, capsys, name, monkeypatch):
+    path = os.path.join(os.fsencode(tmp_path), os.fsencode(name))
+    fits.PrimaryHDU(np.zeros((30, 40), np.float32)).writeto(path)
+    monkeypatch.setenv("IIPY_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["info", name]) == 0
+    out = capsys.readouterr().out
+    assert "Max-size:40 30\n" in out and "BITPIX:-32" in out
+    assert cli.main(["info", name + "[0]"]) == 0
+    assert "Max-size:40 30\n" in capsys.readouterr().out

@@ -325,6 +325,22 @@ def test_redirect_and_identifiers(root, tmp_path, params, env, location):
     assert doc["id"] + "/info.json" == location
 
 
+@pytest.mark.parametrize("query,params", [
+    ("IIIF=" + "9" * 5000, {}),
+    ("IIIF=g.fits&JUNK=" + "9" * 3000, {}),  # the identifier holds the whole REQUEST_URI
+    ("IIIF=g.fits", {"HTTP_X_IIIF_ID": "https://id.example/" + "m" * 3000}),
+])
+def test_redirect_too_long_for_a_header_is_a_400(app, query, params):
+    """A Location of kilobytes made a header block larger than nginx's buffer for it
+    (fastcgi_buffer_size, 4 kB by default): nginx answered 502 Bad Gateway.  Beyond 2 kB
+    the redirect is refused with a 400; a long request with a short identifier is not."""
+    r = get(app, query, 400, **params)
+    assert b"too long" in r.body and r.header("Location") is None
+    assert len(r.to_bytes()) < 1024
+    r = get(app, "IIIF=g.fits&JUNK=" + "9" * 1500, 303)
+    assert len(r.header("Location")) < 2048
+
+
 def test_uri_map_path_style(root, tmp_path):
     app = make_app(root, tmp_path, URI_MAP="iiif=>IIIF,deepzoom=>DeepZoom,zoomify=>Zoomify")
 

@@ -7,6 +7,7 @@ corpus/answer/*.json: a query and the exact answer (status and body, or its star
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -40,17 +41,46 @@ def test_answer_corpus(case, app):
         assert response.header("Content-Type") == spec["content_type"]
 
 
+LONG_MAX = (1 << 63) - 1
+
+
 @pytest.mark.parametrize("text,value", [
-    ("12abc", 12), ("abc", 0), ("  -7", -7), ("+3", 3), ("", 0), ("0x10", 0), ("1e3", 1)])
+    ("12abc", 12), ("abc", 0), ("  -7", -7), ("+3", 3), ("", 0), ("0x10", 0), ("1e3", 1),
+    ("\t\n\v\f\r 5", 5), ("\xa05", 0), ("\u20035", 0), ("\u0663", 0), ("1\u0663", 1),
+    ("0" * 40 + "12", 12), ("9223372036854775807", LONG_MAX),
+    ("9223372036854775808", LONG_MAX), ("-9223372036854775809", -LONG_MAX - 1),
+    ("9" * 5000, LONG_MAX), ("-" + "9" * 5000 + "x", -LONG_MAX - 1)])
 def test_atoi(text, value):
+    """glibc: ASCII blanks and digits, saturated at the 64-bit limits; thousands of digits
+    used to raise ValueError (Python's int conversion limit), a 500 for JTL=9999...9."""
     assert atoi(text) == value
 
 
 @pytest.mark.parametrize("text,value", [
     ("1e-3", 0.001), ("abc", 0.0), (" -2.5x", -2.5), (".5", 0.5), ("1.", 1.0),
-    ("1e", 1.0), ("-1.2e+2", -120.0), ("0.3333333333333333", 0.3333333333333333)])
+    ("1e", 1.0), ("-1.2e+2", -120.0), ("0.3333333333333333", 0.3333333333333333),
+    ("0x10", 16.0), ("0x1.8p3", 12.0), ("-0X.8", -0.5), ("0x1p", 1.0), ("0x", 0.0),
+    ("0x1p99999", float("inf")), ("-0x1p99999", float("-inf")), ("0x1p-99999", 0.0),
+    ("INFINITY", float("inf")), ("-inf", float("-inf")), ("1e99999", float("inf")),
+    ("\xa01", 0.0), ("\u0663.5", 0.0), ("9" * 5000, float("inf"))])
 def test_atof(text, value):
+    """glibc strtod: hexadecimal floats, infinities, ASCII blanks and digits only."""
     assert atof(text) == value
+
+
+def test_nan_and_negative_zero():
+    assert math.isnan(atof("nan(12)")) and math.isnan(atof(" -NaN"))
+    assert math.copysign(1.0, atof("-0")) == -1.0
+
+
+@pytest.mark.parametrize("query,status", [
+    ("FIF=grey.fits&JTL=%s,0" % ("9" * 5000), 404),
+    ("FIF=grey.fits&QLT=%s&JTL=0,0" % ("9" * 5000), 200),
+    ("FIF=grey.fits&WID=%s&CVT=jpeg" % ("9" * 5000), 200),
+    ("FIF=grey.fits&PFL=%s:0,0-1,0" % ("9" * 5000), 400),
+    ("FIF=grey.fits&TIL=%s,0" % ("9" * 5000), 404)])
+def test_numbers_of_thousands_of_digits(app, query, status):
+    assert app.handle({"QUERY_STRING": query}).status == status
 
 
 def test_int_pair_without_comma_uses_whole_text_twice():

@@ -178,3 +178,51 @@ def test_pyramid_build_beats_the_worker_heartbeat(image):
     app.heartbeat = lambda: beats.append(1)
     assert app.handle({"QUERY_STRING": "FIF=img.fits&JTL=0,0"}).status == 200
     assert len(beats) >= 3  # one per band of every level
+
+
+def thin_model_levels(fits_data: np.ndarray, n: int) -> list[np.ndarray]:
+    """Levels 1..n when a side reaches one pixel: sizes max(1, floor(s / 2)), a side of
+    one pixel binned with itself (a 2x1 or 1x2 block, NaN-aware mean)."""
+    a = fits_data[::-1].astype(np.float64)
+    out = []
+    for _ in range(n):
+        if a.shape[0] == 1:
+            a = np.repeat(a, 2, axis=0)
+        if a.shape[1] == 1:
+            a = np.repeat(a, 2, axis=1)
+        out.append(model_levels(a[::-1], 1)[0])
+        a = out[-1]
+    return out
+
+
+@pytest.mark.parametrize("shape", [(600, 3), (600, 1), (3, 600), (1, 600), (10, 4096)])
+@pytest.mark.parametrize("where", ["disk", "memory", "per-request"])
+def test_levels_of_thin_images_are_one_pixel_wide(tmp_path, monkeypatch, shape, where):
+    """An image narrower (or lower) than 2^k pixels has levels one pixel wide (high), as
+    ``geometry.level_size`` says: binning used to give zero columns and a 500.  The
+    same values on disk, in memory, and computed per request from the full data."""
+    rng = np.random.default_rng(3)
+    data = rng.normal(50, 9, shape).astype(np.float32)
+    data.flat[::7] = np.nan
+    fits.PrimaryHDU(data).writeto(tmp_path / "thin.fits")
+    cache = tmp_path / "cache"
+    if where != "disk":
+        cache.write_text("")  # not a directory: the levels stay in memory
+    if where == "per-request":  # no memory at all: every level is computed per request
+        monkeypatch.setattr(pyramid_module, "MIN_KEPT_BYTES", 0)
+    settings = Settings.from_environ({"FILESYSTEM_PREFIX": str(tmp_path) + "/",
+                                      "IIPY_CACHE_DIR": str(cache)})
+    fi = FitsImage(resolve("thin.fits", settings))
+    grid = Grid(fi.width, fi.height, 256, 256)
+    p = Pyramid(fi, grid, settings.cache_dir, memory_mb=0 if where == "per-request" else 64)
+    p.ensure()
+    assert p.on_disk == (where == "disk")
+    assert (p.levels[0] is None) == (where == "per-request")
+    want = thin_model_levels(data, grid.num_resolutions - 1)
+    for k, exp in enumerate(want, 1):
+        w, h = grid.level_size(k)
+        assert exp.shape == (h, w)
+        np.testing.assert_allclose(p.window(k, 0, 0, w, h)[0], exp, rtol=1e-6, equal_nan=True)
+    if shape[1] > 1000:  # a window that is not the whole level, per request as well
+        np.testing.assert_allclose(p.window(2, 300, 0, 5, 2)[0], want[1][:, 300:305],
+                                   rtol=1e-6, equal_nan=True)

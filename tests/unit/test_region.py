@@ -262,3 +262,16 @@ def test_levels_of_the_file_bound_the_region():
             elif key == "RGN":
                 rgn = parser.rgn(arg) or rgn
         assert region.plan(1001, 701, 3, rgn, wid, hei, 5000, sizes=floor) == computed, query
+
+
+@pytest.mark.parametrize("query", ["RGN=0,0,1,1e-309", "RGN=0,0,1e-309,1", "RGN=0,0,5e-324,5e-324",
+                                   "RGN=0,0,1e-309,1&WID=100", "RGN=0.5,0.5,1e-300,1e-309&HEI=9"])
+def test_subnormal_region_fractions(query):
+    """A fraction so small that WID / fraction overflows to infinity (it raised
+    OverflowError in math.floor: a 500): no level is wide enough, the full resolution
+    is read, one pixel of it."""
+    p = export_for(query)
+    assert p.level == 0 and p.w >= 1 and p.h >= 1
+    assert 1 <= p.out_w <= 5000 and 1 <= p.out_h <= 5000
+    c = region.cutout(1001, 701, 3, parser.rgn(query.split("&")[0][4:]), 0, 0, 5000)
+    assert c.level == 0 and c.factor >= 1

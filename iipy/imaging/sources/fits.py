@@ -315,7 +315,7 @@ class FitsImage:
         if name == "subject":
             return self.subject()
         for key in METADATA_KEYWORDS.get(name, ()):
-            value = self._hdu.header.get(key)
+            value = card_value(self._hdu.header, key)
             if isinstance(value, str) and value.strip():
                 return value.strip()
         return ""
@@ -374,30 +374,70 @@ METADATA_KEYWORDS = {
 
 
 def _is_image(hdu) -> bool:
-    return isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)) and \
-        hdu.header.get("NAXIS", 0) >= 2 and hdu.header.get("NAXIS1", 0) > 0 and \
-        hdu.header.get("NAXIS2", 0) > 0
+    """An image HDU with two axes or more, each at least one pixel long (a cube with
+    ``NAXIS3 = 0`` holds no data)."""
+    if not isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)):
+        return False
+    naxis = card_value(hdu.header, "NAXIS", 0)
+    if not isinstance(naxis, int) or not 2 <= naxis <= 999:
+        return False
+    lengths = [card_value(hdu.header, "NAXIS%d" % i, 0) for i in range(1, naxis + 1)]
+    return all(isinstance(n, int) and n > 0 for n in lengths)
+
+
+def card_value(hdr, key: str, default: Any = None) -> Any:
+    """The value of card ``key``, or ``default`` when the header has none or astropy
+    cannot parse it (``CDELT1 = NAN`` raises a VerifyError on every read)."""
+    try:
+        return hdr.get(key, default)
+    except Exception:
+        return default
+
+
+def _walk(hdul) -> Iterator:
+    """The HDUs of an open file in order, read as they are asked for.
+
+    astropy finds each HDU after the data of the previous one; a header whose data size
+    is negative (a negative ``NAXISn``) sends it back to an earlier header, and it would
+    then read the same HDUs again and again, without end and with ever more memory.  An
+    HDU that does not start after the previous one makes the file unreadable."""
+    last = -1
+    for hdu in hdul:
+        info = hdu.fileinfo()
+        if info is not None:
+            if info["hdrLoc"] <= last or info["datSpan"] < 0:
+                raise UnreadableImage("Invalid HDU sizes in file")
+            last = info["hdrLoc"]
+        yield hdu
 
 
 def _select_hdus(hdul, selector: str) -> list:
     """Default: the first image HDU with two or more axes; ``N``: HDU number N (0 is
     the primary); ``NAME`` or ``NAME,VER``: by EXTNAME (and EXTVER); ``*``: every 2-D
-    image HDU of the size of the first one, each a channel."""
+    image HDU of the size of the first one, each a channel.  Every HDU is reached
+    through ``_walk``, so astropy's own lookups only see HDUs already checked."""
     if not selector:
-        for hdu in hdul:
+        for hdu in _walk(hdul):
             if _is_image(hdu):
                 return [hdu]
         raise NoSuchHDU("No image HDU in file")
     if selector == "*":
-        images = [h for h in hdul if _is_image(h) and h.header["NAXIS"] == 2]
+        images = [h for h in _walk(hdul) if _is_image(h) and h.header["NAXIS"] == 2]
         if not images:
             raise NoSuchHDU("No 2-D image HDU in file")
         size = (images[0].header["NAXIS1"], images[0].header["NAXIS2"])
         return [h for h in images if (h.header["NAXIS1"], h.header["NAXIS2"]) == size]
     try:
         if selector.isdigit():
-            hdu = hdul[int(selector)]
+            index = int(selector)
+            for n, hdu in enumerate(_walk(hdul)):
+                if n == index:
+                    break
+            else:
+                raise IndexError(index)
         else:
+            for _ in _walk(hdul):  # the whole file, checked, before a lookup by name
+                pass
             name, _, ver = selector.partition(",")
             hdu = hdul[(name.strip(), int(ver))] if ver.strip() else hdul[name.strip()]
     except (KeyError, IndexError, ValueError):
@@ -410,7 +450,7 @@ def _select_hdus(hdul, selector: str) -> list:
 def _hdu_label(hdu) -> str:
     """A channel label for one extension: its filter, band or name."""
     for key in ("FILTER", "BAND", "EXTNAME"):
-        value = hdu.header.get(key)
+        value = card_value(hdu.header, key)
         if isinstance(value, str) and value.strip():
             return value.strip()
     return ""
@@ -454,12 +494,12 @@ def channel_labels(hdr, channels: int) -> list[str]:
     labels = [""] * channels
     for i in range(channels):
         for key in ("CHAN%04d" % (i + 1), "FILTER%d" % (i + 1), "BAND%d" % (i + 1)):
-            value = hdr.get(key)
+            value = card_value(hdr, key)
             if isinstance(value, str) and value.strip():
                 labels[i] = value.strip()
                 break
     if channels == 1 and not labels[0]:
-        value = hdr.get("FILTER") or hdr.get("BAND")
+        value = card_value(hdr, "FILTER") or card_value(hdr, "BAND")
         if isinstance(value, str) and value.strip():
             labels[0] = value.strip()
     return labels
@@ -475,7 +515,7 @@ def cd_matrix(hdr) -> list[list[float]] | None:
     """The 2x2 CD matrix of the celestial axes, from CDi_j, or CDELTi with PCi_j, or
     CDELTi with CROTA2; None without any of them."""
     def get(key, default):
-        value = hdr.get(key, default)
+        value = card_value(hdr, key, default)
         return float(value) if isinstance(value, (int, float)) else default
 
     if any(k in hdr for k in ("CD1_1", "CD1_2", "CD2_1", "CD2_2")):
@@ -547,7 +587,7 @@ _SIP_RE = re.compile(r"^(A|B|AP|BP)_(\d+)_(\d+)$")
 
 
 def _number(hdr, key: str) -> float | None:
-    value = hdr.get(key)
+    value = card_value(hdr, key)
     if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
         return float(value)
     return None
