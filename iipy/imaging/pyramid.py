@@ -10,11 +10,19 @@ size.  The default display ranges are computed in the same pass, by the policy o
 ``IIPY_DISPLAY_RANGE`` (``iipy.imaging.display``): ``stiff`` from every full-resolution
 sample, in STIFF's chunks of the file's order, the other policies from evenly spaced
 full-resolution rows; an image that fits in one tile (no reduced level) from every sample.
+STIFF's statistic costs more than the binning: when the image is read in place and the
+process may run on more than one processor, a thread of its own reads it from the same
+memory map, in the file's order, while the pass bins and writes (``_RangeThread``).
 
 On disk (``IIPY_CACHE_DIR``) a pyramid is a directory named after a hash of the image's
 identity (real path, extension, size, mtime), the tile size, the display-range policy and
 this format's version: one
-``levelK.f32`` file per level and ``meta.json``, written last.  Under an exclusive
+``levelK.f32`` file per level and ``meta.json``, written last.  Level 1 of an image read in
+place (uncompressed data) is not written: it is three quarters of the pyramid's bytes, and
+a window of it is binned per request from the raw samples of the memory map
+(``read_binned``) at about the cost of reading it from a file, so the pyramid on disk is
+1/12 of the image as float32 instead of 1/3, and a fresh image's first tile waits for a
+quarter of the writes.  Tile-compressed data keeps level 1 on disk.  Under an exclusive
 ``fcntl`` lock one worker builds while the others wait: every level file is first
 preallocated in full (``posix_fallocate``), so that a full file system fails the build
 before it starts, then written (``pwrite``) under a temporary name and renamed into
@@ -43,6 +51,7 @@ import logging
 import os
 import random
 import shutil
+import threading
 import time
 from typing import Callable, Protocol
 
@@ -359,8 +368,18 @@ class Pyramid:
             out.append((self.image.channels, h, w))
         return out
 
+    def _first_stored(self) -> int:
+        """The first level written to disk: 2 for an image whose samples are read in place
+        from a memory map, whose level 1 (three quarters of the pyramid's bytes) is binned
+        per request from the full-resolution samples (``_from_full``), at about the cost
+        of reading it from a file; 1 otherwise (tile-compressed data)."""
+        return 2 if self.image.mapped else 1
+
     def _nbytes(self) -> int:
-        return sum(4 * c * h * w for c, h, w in self._shapes())
+        """Bytes of the levels written to disk."""
+        first = self._first_stored()
+        return sum(4 * c * h * w for k, (c, h, w) in enumerate(self._shapes(), start=1)
+                   if k >= first)
 
     def _open_on_disk(self) -> bool:
         """Map the shared pyramid, building it first if no process has; False (and the
@@ -423,10 +442,15 @@ class Pyramid:
                 return False
             shapes = [tuple(int(n) for n in shape) for shape in meta["shapes"]]
             ranges = [DisplayRange(float(lo), float(hi)) for lo, hi in meta["ranges"]]
-            if shapes != self._shapes() or len(ranges) != self.image.channels:
+            first = meta["first"]
+            if (shapes != self._shapes() or len(ranges) != self.image.channels
+                    or first != self._first_stored()):
                 return False
             levels: list[np.ndarray | None] = []
             for k, shape in enumerate(shapes, start=1):
+                if k < first:  # binned per request from full resolution
+                    levels.append(None)
+                    continue
                 path = os.path.join(directory, "level%d.f32" % k)
                 if os.stat(path).st_size != 4 * shape[0] * shape[1] * shape[2]:
                     log.warning("pyramid %s: %s has the wrong size, rebuilding it", directory, path)
@@ -467,11 +491,15 @@ class Pyramid:
             raise
         return None
 
-    def _preallocate(self, directory: str) -> list[str]:
-        """A temporary file per level, its blocks reserved in full before anything is
-        written through a memory map."""
-        files = []
+    def _preallocate(self, directory: str) -> list[str | None]:
+        """A temporary file per level written to disk (None for the others), its blocks
+        reserved in full before anything is written."""
+        files: list[str | None] = []
+        first = self._first_stored()
         for k, (c, h, w) in enumerate(self._shapes(), start=1):
+            if k < first:
+                files.append(None)
+                continue
             path = os.path.join(directory, "level%d.f32.tmp%d" % (k, os.getpid()))
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC, 0o644)
             try:
@@ -490,6 +518,7 @@ class Pyramid:
                 "image": {"selector": ref.selector, "size": ref.size, "mtime_ns": ref.mtime_ns},
                 "bytes": nbytes, "policy": str(self.policy),
                 "shapes": [list(shape) for shape in self._shapes()],
+                "first": self._first_stored(),
                 "ranges": [[r.lo, r.hi] for r in self.ranges]}
         tmp = os.path.join(directory, "meta.json.tmp%d" % os.getpid())
         with open(tmp, "w") as f:
@@ -549,11 +578,17 @@ class Pyramid:
             y1 = min(h, y0 + band)
             top = (y + y0) * f
             # a level one pixel wide (high) comes from fewer than f columns (rows)
-            rows = self.image.read(c, x * f, top, min(w * f, width - x * f),
-                                   min((y1 - y0) * f, height - top))
-            for _ in range(k - 1):
+            cols, n = min(w * f, width - x * f), min((y1 - y0) * f, height - top)
+            if cols >= 2 and n >= 2:  # the first halving straight from the raw samples
+                rows = self.image.read_binned(c, x * f, top, cols, n,
+                                              out=out[y0:y1] if k == 1 else None)
+                halvings = k - 1
+            else:
+                rows, halvings = self.image.read(c, x * f, top, cols, n), k
+            for _ in range(halvings - 1):
                 rows = _bin2x2(rows)
-            _bin2x2(rows, out[y0:y1])
+            if halvings:
+                _bin2x2(rows, out[y0:y1])
             if report and self.progress is not None:
                 self.progress("%s: level %d of %d" % (self.image.ref.fif, k,
                                                       self.grid.num_resolutions - 1),
@@ -567,11 +602,12 @@ class Pyramid:
         return RangePass(self.policy, max(1, image.height // STAT_ROWS),
                          max(1, image.width // STAT_COLS))
 
-    def _read_ranges(self, every_sample: bool = False) -> list[DisplayRange]:
+    def _read_ranges(self, every_sample: bool = False,
+                     stopped: Callable[[], bool] | None = None) -> list[DisplayRange]:
         """The default display ranges read from the full-resolution data on their own (no
         level built as they go), in the order of the file as the build reads it: every row
         for ``stiff`` or ``every_sample`` (in bands of about ``BAND_BYTES``), else the rows
-        of the sampling grid."""
+        of the sampling grid.  ``stopped()`` true: give up (an empty list)."""
         image = self.image
         out = []
         band = max(1, BAND_BYTES // (4 * max(image.width, 1)))
@@ -583,13 +619,15 @@ class Pyramid:
             else:
                 spans = [(y, 1) for y in range(0, image.height, rp.step_y)]
             for y, n in reversed(spans):  # the file's order: the bottom of the image first
-                image.read_rows(c, y, n, samples=lambda v, y=y, n=n: rp.add(v, y, n))
+                if stopped is not None and stopped():
+                    return []
+                image.scan_rows(c, y, n, lambda v, y=y, n=n: rp.add(v, y, n))
             out.append(rp.result())
         return out
 
     # --- building ----------------------------------------------------------------------
 
-    def _build(self, files: list[str] | None) -> None:
+    def _build(self, files: list[str | None] | None) -> None:
         """Every level and the display ranges, in one pass over the data: into the
         preallocated temporary ``files`` (renamed into place once all are written), or in
         memory when there are none.
@@ -614,32 +652,84 @@ class Pyramid:
         thin = image.width == 1 or image.height == 1
         if progress is not None:  # every band of every level reports (and beats the heart)
             writer.report = lambda: progress(fif, writer.fraction)
-        ranges = []
+        ranges: list[DisplayRange] = []
+        # STIFF's statistic reads every sample and costs more than the binning: a thread
+        # of its own reads it from the same memory map while this one bins and writes
+        job = _RangeThread(self._read_ranges) if self._ranges_apart() else None
         try:
             for c in range(image.channels):
-                # the display range sees the rows as they go, in the order of the file
+                # else the display range sees the rows as they go, in the order of the file
                 rp = self._range_pass()
-                take = rp.add
-                for y in range(2 * h1, image.height):  # the row dropped by floor halving
-                    image.read_rows(c, y, 1, samples=lambda v, y=y: take(v, y, 1))
+                take = rp.add if job is None else None
+                if take is not None:
+                    for y in range(2 * h1, image.height):  # the row dropped by floor halving
+                        image.read_rows(c, y, 1, samples=lambda v, y=y: take(v, y, 1))
                 for j in range((h1 - 1) // band, -1, -1):
                     top, end = j * band, min(h1, (j + 1) * band)
                     out = writer.slot(1, c, top, end - top)
                     n = min(2 * (end - top), image.height - 2 * top)  # 1: one row high
-                    keep = lambda v, y0=2 * top, n=n: take(v, y0, n)  # noqa: E731
+                    keep = (None if take is None else
+                            lambda v, y0=2 * top, n=n: take(v, y0, n))  # noqa: E731
                     if thin:  # a side of one pixel: binned with itself
                         _bin2x2(image.read_rows(c, 2 * top, n, samples=keep), out)
                     else:
                         image.read_rows(c, 2 * top, n, out=out, binned=True, samples=keep)
                     writer.fraction = (c + (h1 - top) / h1) / image.channels
                     writer.done(1, c, top, end - top)
-                ranges.append(rp.result())
+                if take is not None:
+                    ranges.append(rp.result())
             levels = writer.finish()
+            if job is not None:
+                ranges = job.result()
         finally:
+            if job is not None:
+                job.cancel()
             writer.close()
         self.levels = list(levels)
         self.ranges = ranges
         self._built = True
+
+    def _ranges_apart(self) -> bool:
+        """Whether the build reads the display ranges in a thread of their own: STIFF's
+        statistic (every sample) of an image read in place, on more than one processor."""
+        if self.policy.name != "stiff" or not self.image.mapped:
+            return False
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):  # pragma: no cover - not Linux
+            cpus = os.cpu_count() or 1
+        return cpus > 1
+
+
+class _RangeThread:
+    """``read(stopped)`` (``Pyramid._read_ranges``) run in a thread: its kernels release
+    the interpreter lock, so it runs beside the pass that bins and writes the levels."""
+
+    def __init__(self, read: Callable[..., list[DisplayRange]]) -> None:
+        self._stop = threading.Event()
+        self._ranges: list[DisplayRange] = []
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(read,),
+                                        name="iipy-display-range", daemon=True)
+        self._thread.start()
+
+    def _run(self, read: Callable[..., list[DisplayRange]]) -> None:
+        try:
+            self._ranges = read(stopped=self._stop.is_set)
+        except BaseException as exc:  # raised again by result(), in the building thread
+            self._error = exc
+
+    def result(self) -> list[DisplayRange]:
+        """The ranges, once read; what the thread raised is raised here."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._ranges
+
+    def cancel(self) -> None:
+        """Stop early (the build failed) and wait for the thread."""
+        self._stop.set()
+        self._thread.join()
 
 
 class _LevelWriter:
@@ -648,18 +738,19 @@ class _LevelWriter:
     complete, written to its level (``pwrite`` into the preallocated temporary file, or a
     copy into an array) and binned into the next level's buffer."""
 
-    def __init__(self, shapes: list[tuple[int, int, int]], files: list[str] | None,
+    def __init__(self, shapes: list[tuple[int, int, int]], files: list[str | None] | None,
                  band: int) -> None:
         self.shapes = shapes
         self.files = files
         self.band = band
-        self.fds: list[int] = []
+        self.fds: list[int | None] = []
         self.arrays: list[np.ndarray] = []
         if files is None:
             self.arrays = [np.empty(shape, np.float32) for shape in shapes]
-        else:
+        else:  # None: a level that is not written
             for path in files:
-                self.fds.append(os.open(path, os.O_WRONLY | os.O_CLOEXEC))
+                self.fds.append(None if path is None
+                                else os.open(path, os.O_WRONLY | os.O_CLOEXEC))
         self.bufs = [np.empty((min(band, h), w), np.float32) for _, h, w in shapes]
         #: Called after each band written, with ``fraction`` the share of the pass done.
         self.report: Callable[[], None] | None = None
@@ -679,10 +770,11 @@ class _LevelWriter:
         _, h, w = self.shapes[k - 1]
         end = min(h, first + self.band)
         rows = self.bufs[k - 1][: end - first]
+        fd = self.fds[k - 1] if self.files is not None else None
         if self.files is None:
             self.arrays[k - 1][c, first:end] = rows
-        else:
-            _pwrite_all(self.fds[k - 1], rows, 4 * (c * h * w + first * w))
+        elif fd is not None:
+            _pwrite_all(fd, rows, 4 * (c * h * w + first * w))
         if self.report is not None:
             self.report()
         if k < len(self.shapes):
@@ -695,15 +787,18 @@ class _LevelWriter:
                 _bin2x2(rows[: 2 * n_next if h > 1 else 1], out)
                 self.done(k + 1, c, first // 2, n_next)
 
-    def finish(self) -> list[np.ndarray]:
+    def finish(self) -> list[np.ndarray | None]:
         """The levels: the arrays, or the files closed, renamed into place and mapped."""
         if self.files is None:
             return self.arrays
         # no fsync: every worker maps the same page-cache pages (whose blocks were
         # reserved), and the renames (then meta.json, written last) publish the levels
         self.close()
-        levels = []
+        levels: list[np.ndarray | None] = []
         for k, (path, shape) in enumerate(zip(self.files, self.shapes), start=1):
+            if path is None:
+                levels.append(None)
+                continue
             final = os.path.join(os.path.dirname(path), "level%d.f32" % k)
             os.replace(path, final)
             levels.append(np.memmap(final, np.float32, mode="r", shape=shape))
@@ -711,7 +806,8 @@ class _LevelWriter:
 
     def close(self) -> None:
         for fd in self.fds:
-            os.close(fd)
+            if fd is not None:
+                os.close(fd)
         self.fds = []
 
 

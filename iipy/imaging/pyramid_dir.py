@@ -2,8 +2,8 @@
 cleaning.  ``Pyramid`` (``pyramid.py``) writes and reads the pyramids; this module decides
 which may go.
 
-Layout: for each pyramid, a directory ``<key>/`` (``level1.f32`` ... ``levelN.f32`` and
-``meta.json``, written last) and a lock file ``<key>.lock`` beside it; ``<key>`` is 32
+Layout: for each pyramid, a directory ``<key>/`` (``levelK.f32`` ... ``levelN.f32``, K
+being 2, or 1 for tile-compressed data, and ``meta.json``, written last) and a lock file ``<key>.lock`` beside it; ``<key>`` is 32
 hexadecimal digits.  Nothing else in the directory is touched.
 
 Locks (``flock`` on ``<key>.lock``):
@@ -48,7 +48,7 @@ from typing import Any, Callable, Iterable
 log = logging.getLogger(__name__)
 
 #: Version of the files of a pyramid (``meta.json`` and the levels); part of the key.
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 #: Default bound: this share of the size of the file system holding the directory ...
 AUTO_SHARE = 0.10
 #: ... but at most this many MB.

@@ -63,6 +63,9 @@ class ImageSource(Protocol):
     #: What SPECTRA divides a stored value by (iipsrv: 255 for 8-bit and 65535 for 16-bit
     #: TIFF samples; 1 otherwise).
     spectra_scale: float
+    #: True when full-resolution samples are read in place from a memory map, so that
+    #: ``read_binned`` costs little more than reading a stored level of the same size.
+    mapped: bool
 
     def read(self, channel: int, x: int, y: int, w: int, h: int,
              out: np.ndarray | None = None) -> np.ndarray:
@@ -74,6 +77,18 @@ class ImageSource(Protocol):
         """Whole full-resolution rows [y, y + h) of one channel as float32 (h, width), or
         with ``binned`` their 2x2 means (h // 2, width // 2); ``samples(values)`` is called
         first with the values of the rows in the order of the file."""
+        ...
+
+    def read_binned(self, channel: int, x: int, y: int, w: int, h: int,
+                    out: np.ndarray | None = None) -> np.ndarray:
+        """The 2x2 means of a full-resolution window (w, h >= 2) of one channel, float32
+        (h // 2, w // 2): the values of ``kernels.bin2x2(read(...))``, bit for bit."""
+        ...
+
+    def scan_rows(self, channel: int, y: int, h: int,
+                  samples: Callable[[np.ndarray], None]) -> None:
+        """``samples(values)`` with the values of whole rows [y, y + h) of one channel, as
+        ``read_rows`` gives them, converting nothing else."""
         ...
 
     def values(self, x: int, y: int, w: int, h: int) -> np.ndarray:

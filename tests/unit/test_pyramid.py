@@ -51,25 +51,67 @@ def open_pyramid(settings: Settings, name: str = "img.fits") -> Pyramid:
     return Pyramid(fi, Grid(fi.width, fi.height, 256, 256), settings.cache_dir)
 
 
+def whole_level(p: Pyramid, k: int) -> np.ndarray:
+    w, h = p.grid.level_size(k)
+    return p.window(k, 0, 0, w, h)
+
+
 def test_levels_match_model_and_live_on_disk(image):
     tmp_path, data, settings = image
     p = open_pyramid(settings)
     p.ensure()
     want = model_levels(data, 3)
-    assert [lv.shape for lv in p.levels] == [(1, 530, 491), (1, 265, 245), (1, 132, 122)]
-    for got, exp in zip(p.levels, want):
-        assert isinstance(got, np.memmap)
+    # level 1 of an uncompressed image is binned per request from the raw samples
+    assert p.levels[0] is None
+    assert [lv.shape for lv in p.levels[1:]] == [(1, 265, 245), (1, 132, 122)]
+    assert all(isinstance(lv, np.memmap) for lv in p.levels[1:])
+    for k, exp in enumerate(want, start=1):
+        got = whole_level(p, k)
+        assert got.shape == (1,) + exp.shape
         np.testing.assert_allclose(got[0], exp, rtol=1e-6, equal_nan=True)
     # the all-NaN block stays NaN one level up; the Inf pixel is skipped
-    assert np.isnan(p.levels[0][0, 479, 100])  # IIP rows 958-959 = FITS rows 101-102
+    assert np.isnan(p.window(1, 100, 479, 1, 1)[0, 0, 0])  # IIP rows 958-959 = FITS 101-102
     (pyramid_dir,) = [d for d in os.listdir(settings.cache_dir) if not d.endswith(".lock")]
     files = sorted(os.listdir(os.path.join(settings.cache_dir, pyramid_dir)))
-    assert files == ["level1.f32", "level2.f32", "level3.f32", "meta.json"]
+    assert files == ["level2.f32", "level3.f32", "meta.json"]
     assert not any(f.endswith(".lock") for f in files)
 
 
+def test_level1_per_request_is_the_level_the_pass_builds(image):
+    """Level 1 binned per request (any window) has the values, bit for bit, of level 1 as
+    the pass computes it (kept in memory when the cache is not writable), and level 2 on
+    disk is binned from those same values."""
+    tmp_path, data, settings = image
+    on_disk = open_pyramid(settings)
+    on_disk.ensure()
+    blocked = Settings.from_environ({"FILESYSTEM_PREFIX": str(tmp_path) + "/",
+                                     "IIPY_CACHE_DIR": "/proc/no-such-dir"})
+    in_memory = open_pyramid(blocked)
+    in_memory.ensure()
+    assert not in_memory.on_disk and in_memory.levels[0] is not None
+    np.testing.assert_array_equal(whole_level(on_disk, 1), in_memory.levels[0])
+    for x, y, w, h in [(0, 0, 256, 256), (256, 256, 235, 256), (490, 529, 1, 1),
+                       (3, 7, 100, 1), (17, 0, 1, 530)]:
+        np.testing.assert_array_equal(on_disk.window(1, x, y, w, h),
+                                      in_memory.levels[0][:, y : y + h, x : x + w])
+    np.testing.assert_array_equal(np.asarray(on_disk.levels[1]), in_memory.levels[1])
+
+
+def test_compressed_image_stores_level1(image):
+    """Tile-compressed data is not read in place: its level 1 is stored with the others."""
+    tmp_path, data, settings = image
+    fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(data, compression_type="GZIP_1",
+                                                       quantize_level=0)]).writeto(
+        tmp_path / "comp.fits")
+    p = open_pyramid(settings, "comp.fits")
+    p.ensure()
+    assert p.on_disk and all(isinstance(lv, np.memmap) for lv in p.levels)
+    np.testing.assert_allclose(p.levels[0][0], model_levels(data, 1)[0], rtol=1e-6,
+                               equal_nan=True)
+
+
 def test_second_open_reads_no_fits_data(image, monkeypatch):
-    _, _, settings = image
+    _, data, settings = image
     open_pyramid(settings).ensure()
     p = open_pyramid(settings)
 
@@ -81,12 +123,15 @@ def test_second_open_reads_no_fits_data(image, monkeypatch):
     p.ensure()
     assert p.levels[2].shape == (1, 132, 122)
     assert p.ranges[0].lo < 100 < p.ranges[0].hi
+    monkeypatch.undo()
+    np.testing.assert_allclose(whole_level(p, 1)[0], model_levels(data, 1)[0], rtol=1e-6,
+                               equal_nan=True)
 
 
 def _build_in_child(settings: Settings, queue) -> None:
     p = open_pyramid(settings)
     p.ensure()
-    queue.put(float(np.nansum(np.asarray(p.levels[0]), dtype=np.float64)))
+    queue.put(float(np.nansum(np.asarray(p.levels[1]), dtype=np.float64)))
 
 
 def test_concurrent_builders_share_one_build(image, monkeypatch):
@@ -121,9 +166,8 @@ def test_crashed_build_leftovers_are_rebuilt(image):
     with open(os.path.join(directory, "level1.f32.tmp999"), "wb") as f:
         f.write(b"\0" * 100)  # a build that died before meta.json
     p.ensure()
-    assert sorted(os.listdir(directory)) == ["level1.f32", "level2.f32", "level3.f32",
-                                             "meta.json"]
-    np.testing.assert_allclose(p.levels[0][0], model_levels(data, 1)[0], rtol=1e-6,
+    assert sorted(os.listdir(directory)) == ["level2.f32", "level3.f32", "meta.json"]
+    np.testing.assert_allclose(p.levels[1][0], model_levels(data, 2)[1], rtol=1e-6,
                                equal_nan=True)
 
 
@@ -135,7 +179,7 @@ def test_changed_file_gets_a_new_pyramid(image):
     p = open_pyramid(settings)
     p.ensure()
     assert len(os.listdir(settings.cache_dir)) == 4  # two pyramids, two lock files
-    np.testing.assert_allclose(p.levels[0][0], model_levels(data * 2, 1)[0], rtol=1e-6,
+    np.testing.assert_allclose(p.levels[1][0], model_levels(data * 2, 2)[1], rtol=1e-6,
                                equal_nan=True)
 
 
@@ -217,7 +261,8 @@ def test_levels_of_thin_images_are_one_pixel_wide(tmp_path, monkeypatch, shape, 
     p = Pyramid(fi, grid, settings.cache_dir, memory_mb=0 if where == "per-request" else 64)
     p.ensure()
     assert p.on_disk == (where == "disk")
-    assert (p.levels[0] is None) == (where == "per-request")
+    # on disk, level 1 of an image read in place is binned per request, as with no memory
+    assert (p.levels[0] is None) == (where != "memory")
     want = thin_model_levels(data, grid.num_resolutions - 1)
     for k, exp in enumerate(want, 1):
         w, h = grid.level_size(k)

@@ -17,6 +17,7 @@ import math
 import mmap
 import os
 import re
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -157,6 +158,8 @@ class FitsImage:
         if len(hdus) == 1 and all(p.offset is not None for p in self._planes):
             data = hdus[0].data
             self._stack = data[np.newaxis] if data.ndim == 2 else data[(0,) * (data.ndim - 3)]
+        #: Uncompressed planes: windows are views of the file's memory map.
+        self.mapped = all(p.offset is not None for p in self._planes)
         hdr = self._hdu.header
         self.width = int(hdr["NAXIS1"])
         self.height = int(hdr["NAXIS2"])
@@ -173,6 +176,7 @@ class FitsImage:
         self._subject: str | None = None
         self._map: mmap.mmap | None = None
         self._map_data: np.ndarray | None = None
+        self._map_lock = threading.Lock()
         #: a cube or a set of extensions: cut-outs keep the third axis
         self._cube = len(hdus) > 1 or int(hdr["NAXIS"]) >= 3
         self._celestial: Celestial | None | bool = False  # False: not looked at yet
@@ -188,8 +192,20 @@ class FitsImage:
             return kernels.to_float32(raw, plane.bscale, plane.bzero, plane.blank, flip=True,
                                       out=out)
 
+    def read_binned(self, channel: int, x: int, y: int, w: int, h: int,
+                    out: np.ndarray | None = None) -> np.ndarray:
+        """The 2x2 means of a full-resolution window (w, h >= 2) of one channel, float32
+        (h // 2, w // 2), binned straight from the raw samples (``kernels.bin_raw``): the
+        values of ``bin2x2(read(...))`` without the float32 window."""
+        plane = self._planes[channel]
+        with self._reading():
+            raw = plane.window(self.height - y - h, h, x, w)
+            return kernels.bin_raw(raw, plane.bscale, plane.bzero, plane.blank, flip=True,
+                                   out=out)
+
     def read_rows(self, channel: int, y: int, h: int, out: np.ndarray | None = None,
-                  binned: bool = False, samples: Callable[[np.ndarray], None] | None = None) -> np.ndarray:
+                  binned: bool = False, samples: Callable[[np.ndarray], None] | None = None,
+                  convert: bool = True) -> np.ndarray:
         """Whole full-resolution rows [y, y + h) (IIP coordinates) of one channel as
         float32 (h, W), for long sequential reads (the pyramid build): read through a
         memory map of this image's own whose pages are let go of once read, so the process
@@ -200,22 +216,28 @@ class FitsImage:
         from the raw samples in one pass (``kernels.bin_raw``). ``samples(values)`` is
         called first with the values of the rows in the order of the file (the last IIP row
         first), float32 in either byte order: the raw samples themselves when they are
-        unscaled float32 (a view valid during the call only)."""
+        unscaled float32 (a view valid during the call only); ``convert`` False: nothing
+        but that call (``scan_rows``), an empty array returned."""
         plane = self._planes[channel]
         with self._reading():
             if plane.offset is None:  # tile-compressed: the tiles the rows cross
                 raw = np.asarray(plane.window(self.height - y - h, h, 0, self.width))
-                return self._convert_rows(plane, raw, out, binned, samples)
+                return self._convert_rows(plane, raw, out, binned, samples, convert)
             data = self._file_map()
             raw, start, nbytes = plane.mapped(data, self.height - y - h, h)
             try:
-                return self._convert_rows(plane, raw, out, binned, samples)
+                return self._convert_rows(plane, raw, out, binned, samples, convert)
             finally:
                 del raw
                 self._unmap_pages(start, nbytes)
 
     def _file_map(self) -> np.ndarray:
-        """The bytes of the whole file through a read-only memory map, advised sequential."""
+        """The bytes of the whole file through a read-only memory map, advised sequential
+        (made once, under a lock: the pyramid build reads it from two threads)."""
+        with self._map_lock:
+            return self._file_map_locked()
+
+    def _file_map_locked(self) -> np.ndarray:
         if self._map_data is None:
             fd = os.open(self.ref.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
             try:
@@ -236,15 +258,24 @@ class FitsImage:
         if hi > lo:
             self._map.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
+    def scan_rows(self, channel: int, y: int, h: int,
+                  samples: Callable[[np.ndarray], None]) -> None:
+        """``samples(values)`` with the values of whole rows [y, y + h) of one channel, as
+        ``read_rows`` gives them, without converting the rows for anything else."""
+        self.read_rows(channel, y, h, samples=samples, convert=False)
+
     @staticmethod
     def _convert_rows(plane: Plane, raw: np.ndarray, out: np.ndarray | None, binned: bool,
-                      samples: Callable[[np.ndarray], None] | None) -> np.ndarray:
+                      samples: Callable[[np.ndarray], None] | None,
+                      convert: bool = True) -> np.ndarray:
         if samples is not None:
             if raw.dtype.kind == "f" and raw.dtype.itemsize == 4 and (
                     plane.bscale == 1.0 and plane.bzero == 0.0):
                 samples(raw)
             else:
                 samples(kernels.to_float32(raw, plane.bscale, plane.bzero, plane.blank))
+        if not convert:
+            return raw[:0]
         if binned:
             return kernels.bin_raw(raw, plane.bscale, plane.bzero, plane.blank, flip=True,
                                    out=out)

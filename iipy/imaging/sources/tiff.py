@@ -351,6 +351,8 @@ class TiffImage:
         # §6.2, §5.23): 8-bit ones are display values, and iipsrv divides 8- and 16-bit
         # ones by the type's maximum in SPECTRA
         self.display_8bit = self.dtype == np.uint8
+        #: Tiles are decoded, not mapped (levels are stored in the file anyway).
+        self.mapped = False
         self.spectra_scale = 1.0
         if not self.is_float and self.bits_per_channel in (8, 16):
             self.spectra_scale = 255.0 if self.bits_per_channel == 8 else 65535.0
@@ -617,6 +619,16 @@ class TiffImage:
             return window
         out[...] = window
         return out
+
+    def read_binned(self, channel: int, x: int, y: int, w: int, h: int,
+                    out: np.ndarray | None = None) -> np.ndarray:
+        """The 2x2 means of a full-resolution window of one channel (h // 2, w // 2)."""
+        return kernels.bin2x2(self.read(channel, x, y, w, h), out=out)
+
+    def scan_rows(self, channel: int, y: int, h: int,
+                  samples: Callable[[np.ndarray], None]) -> None:
+        """``samples(values)`` with the values of whole rows [y, y + h) of one channel."""
+        samples(self.read(channel, 0, y, self.width, h))
 
     def read_rows(self, channel: int, y: int, h: int, out: np.ndarray | None = None,
                   binned: bool = False,
