@@ -296,7 +296,9 @@ class Servers:
         self.server_cpus = list(range(min(procs, ncpu)))
         self.client_cpus = [ncpu - 1] if ncpu > procs else None
         pin = ["taskset", "-c", ",".join(map(str, self.server_cpus))]
-        env = dict(os.environ, FILESYSTEM_PREFIX=str(work) + "/", VERBOSITY="0",
+        # PYTHONPATH: the server runs this checkout's iipy, whatever the venv points at
+        env = dict(os.environ, PYTHONPATH=str(ROOT), FILESYSTEM_PREFIX=str(work) + "/",
+                   VERBOSITY="0",
                    LOGFILE=str(self.run / "server.log"), JPEG_QUALITY="90",
                    MAX_IMAGE_CACHE_SIZE="0")
         iipy_port = free_port()
