@@ -92,6 +92,8 @@ def cmd_pyramid(args: argparse.Namespace) -> int:
         try:
             image = store.open(resolve(fif, settings))
             ranges = image.ranges  # builds (or loads) the pyramid
+            if isinstance(image.pyramid, Pyramid):
+                image.pyramid.complete()  # level 1 too, which the server writes later
         except IIPyError as exc:
             sys.stderr.write("iipy pyramid: %s: %s\n" % (given, exc.message))
             failed += 1

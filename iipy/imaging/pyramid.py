@@ -17,12 +17,15 @@ memory map, in the file's order, while the pass bins and writes (``_RangeThread`
 On disk (``IIPY_CACHE_DIR``) a pyramid is a directory named after a hash of the image's
 identity (real path, extension, size, mtime), the tile size, the display-range policy and
 this format's version: one
-``levelK.f32`` file per level and ``meta.json``, written last.  Level 1 of an image read in
-place (uncompressed data) is not written: it is three quarters of the pyramid's bytes, and
-a window of it is binned per request from the raw samples of the memory map
-(``read_binned``) at about the cost of reading it from a file, so the pyramid on disk is
-1/12 of the image as float32 instead of 1/3, and a fresh image's first tile waits for a
-quarter of the writes.  Tile-compressed data keeps level 1 on disk.  Under an exclusive
+``levelK.f32`` file per level and ``meta.json``, written last.  Level 1 is three quarters of
+the pyramid's bytes: for an image read in place (uncompressed data) the build writes
+levels 2 and up and publishes them, so that a fresh image's first answers wait for a
+quarter of the writes, and level 1 follows in the background (``_Level1Writer``: a thread
+of a process that has the pyramid open, chosen by a lock on ``level1.lock``, writes
+``level1.f32`` in a second pass over the file; a process whose writer died mid-way, or
+was stopped with its image, leaves it to the next one).  Until it is there, windows of
+level 1 are binned per request from the raw samples of the memory map (``read_binned``),
+the same values bit for bit; every process maps the file once it appears.  Under an exclusive
 ``fcntl`` lock one worker builds while the others wait: every level file is first
 preallocated in full (``posix_fallocate``), so that a full file system fails the build
 before it starts, then written (``pwrite``) under a temporary name and renamed into
@@ -76,6 +79,12 @@ STAT_COLS = 2048
 #: Times a process finds the lock of an unreadable pyramid held by others (not by a
 #: builder, which it waits for) before it gives up and keeps the levels in memory.
 LOCK_RETRIES = 100
+#: Level 1 being written (its blocks reserved by the build).
+_PART = "level1.f32.part"
+#: Seconds between two looks for level 1 on disk while it is being written, and before a
+#: process tries again to write it when no process did.
+LEVEL1_POLL = 0.5
+LEVEL1_RETRY = 60.0
 #: Default of IIPY_PYRAMID_MEMORY_MB.
 MEMORY_MB = 256
 #: A pyramid that is not on disk keeps its smallest levels up to this size in memory even
@@ -264,6 +273,9 @@ class Pyramid:
         #: Why the levels are not on disk (after ``ensure``), "" when they are.
         self.not_on_disk = ""
         self._built = False  # levels computed by this process (not mapped)
+        self._directory = ""  # of the pyramid on disk
+        self._writer: _Level1Writer | None = None  # writing level 1 in this process
+        self._level1_polled = 0.0
 
     # --- public ----------------------------------------------------------------------
 
@@ -283,6 +295,9 @@ class Pyramid:
     def close(self) -> None:
         """Let go of the levels: the shared lock (the pyramid may then be evicted) and
         the memory they held."""
+        if self._writer is not None:  # before the image and the lock go
+            self._writer.cancel()
+            self._writer = None
         if self._lock_fd is not None:
             pyramid_dir.unlock(self._lock_fd)
             self._lock_fd = None
@@ -305,6 +320,8 @@ class Pyramid:
                 return out
             self.ensure()
             self._used()
+            if k == 1 and self._level1_missing():
+                self._look_for_level1()
             level = self.levels[k - 1]
             if level is not None:
                 return np.ascontiguousarray(level[:, y : y + h, x : x + w])
@@ -369,23 +386,24 @@ class Pyramid:
         return out
 
     def _first_stored(self) -> int:
-        """The first level written to disk: 2 for an image whose samples are read in place
-        from a memory map, whose level 1 (three quarters of the pyramid's bytes) is binned
-        per request from the full-resolution samples (``_from_full``), at about the cost
-        of reading it from a file; 1 otherwise (tile-compressed data)."""
-        return 2 if self.image.mapped else 1
+        """The first level the build writes: 2 for an image whose samples are read in
+        place from a memory map and that has a level 2 (level 1 is then written in the
+        background, ``_Level1Writer``, and binned per request until it is there), else 1
+        (tile-compressed data, whose full resolution costs decompression to read)."""
+        if self.image.mapped and len(self._shapes()) >= 2 and min(
+                self.image.width, self.image.height) >= 2:
+            return 2
+        return 1
 
     def _nbytes(self) -> int:
-        """Bytes of the levels written to disk."""
-        first = self._first_stored()
-        return sum(4 * c * h * w for k, (c, h, w) in enumerate(self._shapes(), start=1)
-                   if k >= first)
+        """Bytes of all the levels on disk (level 1 included, written later or not)."""
+        return sum(4 * c * h * w for c, h, w in self._shapes())
 
     def _open_on_disk(self) -> bool:
         """Map the shared pyramid, building it first if no process has; False (and the
         reason in ``not_on_disk``) when it cannot be on disk."""
         key = self._key()
-        directory = os.path.join(self.cache_dir, key)
+        directory = self._directory = os.path.join(self.cache_dir, key)
         fd: int | None = None
         built = False
         try:
@@ -422,6 +440,8 @@ class Pyramid:
         pyramid_dir.touch(self._lock_fd)
         self._touched = time.monotonic()
         self.on_disk = True
+        if self._level1_missing():
+            self._look_for_level1(force=True)
         if built:  # the directory grew: bring it back within its bound
             try:
                 pyramid_dir.clean(self.cache_dir, self._bound(), keep=(key,))
@@ -448,10 +468,10 @@ class Pyramid:
                 return False
             levels: list[np.ndarray | None] = []
             for k, shape in enumerate(shapes, start=1):
-                if k < first:  # binned per request from full resolution
-                    levels.append(None)
-                    continue
                 path = os.path.join(directory, "level%d.f32" % k)
+                if k < first and not os.path.exists(path):
+                    levels.append(None)  # written in the background: binned until then
+                    continue
                 if os.stat(path).st_size != 4 * shape[0] * shape[1] * shape[2]:
                     log.warning("pyramid %s: %s has the wrong size, rebuilding it", directory, path)
                     return False
@@ -461,6 +481,39 @@ class Pyramid:
         self.levels = levels
         self.ranges = ranges
         return True
+
+    # --- level 1, written in the background -------------------------------------------
+
+    def _level1_missing(self) -> bool:
+        return self.on_disk and bool(self.levels) and self.levels[0] is None
+
+    def _look_for_level1(self, force: bool = False) -> None:
+        """Map level 1 once it is on disk (looked for at most every ``LEVEL1_POLL``
+        seconds unless ``force``); while it is not, start writing it here, at most every
+        ``LEVEL1_RETRY`` seconds (the lock decides whether this process writes)."""
+        now = time.monotonic()
+        if not force and now - self._level1_polled < LEVEL1_POLL:
+            return
+        self._level1_polled = now
+        level = _map_level(self._directory, 1, self._shapes()[0])
+        if level is not None:
+            self.levels[0] = level
+            self._writer = None
+        elif self._writer is None or (not self._writer.running
+                                      and now - self._writer.started > LEVEL1_RETRY):
+            if os.access(self._directory, os.W_OK):  # a read-only cache is only read
+                self._writer = _Level1Writer.start(self, self._directory)
+
+    def complete(self) -> None:
+        """Wait until every level is on disk (``iipy pyramid``): write level 1 in this
+        thread if no process is writing it, else wait for the process that is."""
+        self.ensure()
+        if not self._level1_missing():
+            return
+        if self._writer is not None:
+            self._writer.wait()
+        _Level1Writer(self, self._directory).run(blocking=True)
+        self._look_for_level1(force=True)
 
     def _write(self, key: str, directory: str) -> str | None:
         """Build the pyramid into ``directory`` (its lock held exclusively).  None when it
@@ -492,15 +545,18 @@ class Pyramid:
         return None
 
     def _preallocate(self, directory: str) -> list[str | None]:
-        """A temporary file per level written to disk (None for the others), its blocks
-        reserved in full before anything is written."""
+        """A temporary file per level the build writes (None for level 1 when it is
+        written later: its ``level1.f32.part`` is reserved here all the same, for its
+        writer), its blocks reserved in full before anything is written."""
         files: list[str | None] = []
         first = self._first_stored()
         for k, (c, h, w) in enumerate(self._shapes(), start=1):
             if k < first:
+                path = os.path.join(directory, _PART)
                 files.append(None)
-                continue
-            path = os.path.join(directory, "level%d.f32.tmp%d" % (k, os.getpid()))
+            else:
+                path = os.path.join(directory, "level%d.f32.tmp%d" % (k, os.getpid()))
+                files.append(path)
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC, 0o644)
             try:
                 os.posix_fallocate(fd, 0, 4 * c * h * w)
@@ -509,7 +565,6 @@ class Pyramid:
                     self._nbytes() / 1048576, self.cache_dir, exc.strerror or exc)) from None
             finally:
                 os.close(fd)
-            files.append(path)
         return files
 
     def _write_meta(self, directory: str, nbytes: int) -> None:
@@ -816,3 +871,113 @@ def _pwrite_all(fd: int, rows: np.ndarray, offset: int) -> None:
     while view:
         n = os.pwrite(fd, view, offset)
         view, offset = view[n:], offset + n
+
+
+def _map_level(directory: str, k: int, shape: tuple[int, int, int]) -> np.ndarray | None:
+    """Level k of the pyramid in ``directory`` mapped read-only, or None when its file is
+    not there at its full size."""
+    path = os.path.join(directory, "level%d.f32" % k)
+    try:
+        if os.stat(path).st_size != 4 * shape[0] * shape[1] * shape[2]:
+            return None
+        return np.memmap(path, np.float32, mode="r", shape=shape)
+    except (OSError, ValueError):
+        return None
+
+
+class _Level1Writer:
+    """Writes level 1 of a published pyramid (whose levels 2 and up are on disk): under an
+    exclusive ``flock`` on ``level1.lock`` in the pyramid's directory, taken without
+    waiting (one process writes, the others go on binning per request), a second pass over
+    the file bins every band of rows straight from the raw samples (``read_rows(binned=
+    True)``) into ``level1.f32.part``, whose blocks the build reserved, renamed to
+    ``level1.f32`` when complete.  A writer that stopped (its image closed) or died leaves
+    the file to the next one, which writes it whole again.  The pyramid's shared lock,
+    held by the process, keeps the directory from eviction meanwhile."""
+
+    def __init__(self, pyramid: Pyramid, directory: str) -> None:
+        self.pyramid = pyramid
+        self.directory = directory
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.started = time.monotonic()
+
+    @classmethod
+    def start(cls, pyramid: Pyramid, directory: str) -> "_Level1Writer":
+        writer = cls(pyramid, directory)
+        writer._thread = threading.Thread(target=writer._run_logged, name="iipy-level1",
+                                          daemon=True)
+        writer._thread.start()
+        return writer
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+
+    def cancel(self) -> None:
+        """Stop after the band being written (its temporary file is removed)."""
+        self._stop.set()
+        self.wait()
+
+    def _run_logged(self) -> None:
+        try:
+            self.run(blocking=False)
+        except Exception as exc:  # the image became unreadable: binned per request
+            log.warning("level 1 of %s not written: %s", self.pyramid.image.ref.path, exc)
+
+    def run(self, blocking: bool) -> bool:
+        """Write level 1 unless another process is (``blocking``: wait for it, then look);
+        True when it is on disk."""
+        final = os.path.join(self.directory, "level1.f32")
+        if os.path.exists(final):
+            return True
+        fd = pyramid_dir.lock(self.directory, "level1", exclusive=True, blocking=blocking)
+        if fd is None:
+            return False
+        try:
+            if not os.path.exists(final) and not self._write():
+                return False
+            # whoever locks it later finds level1.f32 first: the lock file can go
+            try:
+                os.unlink(pyramid_dir.lock_path(self.directory, "level1"))
+            except FileNotFoundError:
+                pass
+            return True
+        finally:
+            pyramid_dir.unlock(fd)
+
+    def _write(self) -> bool:
+        p = self.pyramid
+        image, shape = p.image, p._shapes()[0]
+        c_n, h1, w1 = shape
+        part = os.path.join(self.directory, _PART)
+        start = time.monotonic()
+        # the build reserved it; a writer that stopped or died left it, rewritten whole
+        fd = os.open(part, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644)
+        try:
+            try:
+                os.posix_fallocate(fd, 0, 4 * c_n * h1 * w1)
+            except OSError as exc:
+                log.warning("level 1 of %s stays binned per request: cannot reserve %.1f MB "
+                            "in %s (%s)", image.ref.path, 4 * c_n * h1 * w1 / 1048576,
+                            self.directory, exc.strerror or exc)
+                return False
+            band = max(1, BAND_BYTES // (8 * max(image.width, 1)))
+            buf = np.empty((min(band, h1), w1), np.float32)
+            for c in range(c_n):
+                for j in range((h1 - 1) // band, -1, -1):  # bottom up: the file's order
+                    if self._stop.is_set():
+                        return False
+                    top, end = j * band, min(h1, (j + 1) * band)
+                    rows = buf[: end - top]
+                    image.read_rows(c, 2 * top, 2 * (end - top), out=rows, binned=True)
+                    _pwrite_all(fd, rows, 4 * (c * h1 * w1 + top * w1))
+        finally:
+            os.close(fd)
+        os.replace(part, os.path.join(self.directory, "level1.f32"))
+        log.debug("level 1 of %s written in %.3f s", image.ref.path, time.monotonic() - start)
+        return True

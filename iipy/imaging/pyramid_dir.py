@@ -2,9 +2,10 @@
 cleaning.  ``Pyramid`` (``pyramid.py``) writes and reads the pyramids; this module decides
 which may go.
 
-Layout: for each pyramid, a directory ``<key>/`` (``levelK.f32`` ... ``levelN.f32``, K
-being 2, or 1 for tile-compressed data, and ``meta.json``, written last) and a lock file ``<key>.lock`` beside it; ``<key>`` is 32
-hexadecimal digits.  Nothing else in the directory is touched.
+Layout: for each pyramid, a directory ``<key>/`` (``level1.f32`` ... ``levelN.f32`` and
+``meta.json``, written last; ``level1.f32`` may follow ``meta.json``, written from
+``level1.f32.part`` under ``level1.lock``, see ``pyramid._Level1Writer``) and a lock file
+``<key>.lock`` beside it; ``<key>`` is 32 hexadecimal digits.  Nothing else in the directory is touched.
 
 Locks (``flock`` on ``<key>.lock``):
 

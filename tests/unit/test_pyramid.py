@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 import warnings
 
 import numpy as np
@@ -59,12 +60,10 @@ def whole_level(p: Pyramid, k: int) -> np.ndarray:
 def test_levels_match_model_and_live_on_disk(image):
     tmp_path, data, settings = image
     p = open_pyramid(settings)
-    p.ensure()
+    p.complete()
     want = model_levels(data, 3)
-    # level 1 of an uncompressed image is binned per request from the raw samples
-    assert p.levels[0] is None
-    assert [lv.shape for lv in p.levels[1:]] == [(1, 265, 245), (1, 132, 122)]
-    assert all(isinstance(lv, np.memmap) for lv in p.levels[1:])
+    assert [lv.shape for lv in p.levels] == [(1, 530, 491), (1, 265, 245), (1, 132, 122)]
+    assert all(isinstance(lv, np.memmap) for lv in p.levels)
     for k, exp in enumerate(want, start=1):
         got = whole_level(p, k)
         assert got.shape == (1,) + exp.shape
@@ -73,17 +72,108 @@ def test_levels_match_model_and_live_on_disk(image):
     assert np.isnan(p.window(1, 100, 479, 1, 1)[0, 0, 0])  # IIP rows 958-959 = FITS 101-102
     (pyramid_dir,) = [d for d in os.listdir(settings.cache_dir) if not d.endswith(".lock")]
     files = sorted(os.listdir(os.path.join(settings.cache_dir, pyramid_dir)))
-    assert files == ["level2.f32", "level3.f32", "meta.json"]
-    assert not any(f.endswith(".lock") for f in files)
+    assert files == ["level1.f32", "level2.f32", "level3.f32", "meta.json"]
 
 
-def test_level1_per_request_is_the_level_the_pass_builds(image):
+def no_level1_writer(monkeypatch) -> None:
+    """Level 1 is left unwritten (as when its writer has not run yet, or died)."""
+    monkeypatch.setattr(pyramid_module._Level1Writer, "start",
+                        classmethod(lambda cls, pyramid, directory: cls(pyramid, directory)))
+
+
+def test_level1_is_published_later_and_mapped_by_every_process(image, monkeypatch):
+    """The build publishes levels 2 and up; until level 1 is on disk its windows are binned
+    per request, the same values bit for bit as the file then written, which every open
+    pyramid (each worker's) maps once it is there."""
+    tmp_path, data, settings = image
+    no_level1_writer(monkeypatch)
+    first, second = open_pyramid(settings), open_pyramid(settings)
+    first.ensure()
+    second.ensure()  # another worker: maps what the first built
+    directory = os.path.join(settings.cache_dir, first._key())
+    # level 1's blocks are reserved with the others', for its writer
+    assert sorted(os.listdir(directory)) == ["level1.f32.part", "level2.f32", "level3.f32",
+                                             "meta.json"]
+    assert first.levels[0] is None and second.levels[0] is None
+    binned = whole_level(second, 1)
+    tile = second.window(1, 256, 256, 235, 256)
+    monkeypatch.undo()
+    first.complete()
+    assert sorted(os.listdir(directory)) == ["level1.f32", "level2.f32", "level3.f32",
+                                             "meta.json"]
+    assert isinstance(first.levels[0], np.memmap)
+    np.testing.assert_array_equal(np.asarray(first.levels[0]), binned)
+    monkeypatch.setattr(pyramid_module, "LEVEL1_POLL", 0.0)
+    np.testing.assert_array_equal(second.window(1, 256, 256, 235, 256), tile)
+    assert isinstance(second.levels[0], np.memmap)  # found at its next level-1 window
+    first.close()
+    second.close()
+
+
+def test_level1_writer_that_died_is_replaced(image, monkeypatch):
+    """What a writer that died left (a damaged ``level1.f32.part``, its lock file) does not
+    stop the next process that opens the pyramid from writing level 1 whole."""
+    tmp_path, data, settings = image
+    no_level1_writer(monkeypatch)
+    p = open_pyramid(settings)
+    p.ensure()
+    p.close()
+    directory = os.path.join(settings.cache_dir, p._key())
+    with open(os.path.join(directory, "level1.f32.part"), "r+b") as f:
+        f.write(b"\xff" * 100000)  # NaN and garbage where the writer stopped
+        f.truncate(100000)
+    open(os.path.join(directory, "level1.lock"), "w").close()
+    monkeypatch.undo()
+    q = open_pyramid(settings)
+    q.ensure()  # starts the writer in the background
+    q._writer.wait()
+    assert sorted(os.listdir(directory)) == ["level1.f32", "level2.f32", "level3.f32",
+                                             "meta.json"]
+    q._look_for_level1(force=True)
+    np.testing.assert_allclose(q.levels[0][0], model_levels(data, 1)[0], rtol=1e-6,
+                               equal_nan=True)
+    q.close()
+
+
+def test_closing_stops_the_level1_writer(image, monkeypatch):
+    """An image closed while its level 1 is being written (the worker's store let it go)
+    stops the writer after its band, and the next process writes it."""
+    tmp_path, data, settings = image
+    monkeypatch.setattr(pyramid_module, "BAND_BYTES", 8 * 983 * 4)  # many bands
+    started, release = threading.Event(), threading.Event()
+    original = FitsImage.read_rows
+
+    def slow(self, *args, **kwargs):
+        if threading.current_thread().name == "iipy-level1":
+            started.set()
+            release.wait(10)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(FitsImage, "read_rows", slow)
+    p = open_pyramid(settings)
+    p.ensure()
+    assert started.wait(10)
+    threading.Timer(0.05, release.set).start()
+    p.close()  # waits for the writer
+    directory = os.path.join(settings.cache_dir, p._key())
+    left = os.listdir(directory)
+    assert "level1.f32" not in left and "level1.f32.part" in left  # for the next writer
+    monkeypatch.undo()
+    q = open_pyramid(settings)
+    q.complete()
+    assert isinstance(q.levels[0], np.memmap)
+    q.close()
+
+
+def test_level1_per_request_is_the_level_the_pass_builds(image, monkeypatch):
     """Level 1 binned per request (any window) has the values, bit for bit, of level 1 as
     the pass computes it (kept in memory when the cache is not writable), and level 2 on
     disk is binned from those same values."""
     tmp_path, data, settings = image
+    no_level1_writer(monkeypatch)
     on_disk = open_pyramid(settings)
     on_disk.ensure()
+    assert on_disk.levels[0] is None
     blocked = Settings.from_environ({"FILESYSTEM_PREFIX": str(tmp_path) + "/",
                                      "IIPY_CACHE_DIR": "/proc/no-such-dir"})
     in_memory = open_pyramid(blocked)
@@ -105,6 +195,7 @@ def test_compressed_image_stores_level1(image):
         tmp_path / "comp.fits")
     p = open_pyramid(settings, "comp.fits")
     p.ensure()
+    assert p._first_stored() == 1
     assert p.on_disk and all(isinstance(lv, np.memmap) for lv in p.levels)
     np.testing.assert_allclose(p.levels[0][0], model_levels(data, 1)[0], rtol=1e-6,
                                equal_nan=True)
@@ -165,9 +256,10 @@ def test_crashed_build_leftovers_are_rebuilt(image):
     os.makedirs(directory)
     with open(os.path.join(directory, "level1.f32.tmp999"), "wb") as f:
         f.write(b"\0" * 100)  # a build that died before meta.json
-    p.ensure()
-    assert sorted(os.listdir(directory)) == ["level2.f32", "level3.f32", "meta.json"]
-    np.testing.assert_allclose(p.levels[1][0], model_levels(data, 2)[1], rtol=1e-6,
+    p.complete()
+    assert sorted(os.listdir(directory)) == ["level1.f32", "level2.f32", "level3.f32",
+                                             "meta.json"]
+    np.testing.assert_allclose(p.levels[0][0], model_levels(data, 1)[0], rtol=1e-6,
                                equal_nan=True)
 
 
@@ -261,8 +353,8 @@ def test_levels_of_thin_images_are_one_pixel_wide(tmp_path, monkeypatch, shape, 
     p = Pyramid(fi, grid, settings.cache_dir, memory_mb=0 if where == "per-request" else 64)
     p.ensure()
     assert p.on_disk == (where == "disk")
-    # on disk, level 1 of an image read in place is binned per request, as with no memory
-    assert (p.levels[0] is None) == (where != "memory")
+    if where != "disk":  # on disk, level 1 may be still being written: binned until then
+        assert (p.levels[0] is None) == (where == "per-request")
     want = thin_model_levels(data, grid.num_resolutions - 1)
     for k, exp in enumerate(want, 1):
         w, h = grid.level_size(k)

@@ -80,11 +80,10 @@ def entries_by_image(cache: Path) -> dict[str, pyramid_dir.Entry]:
 
 
 def test_full_file_system_falls_back_to_memory_logged_once(tmp_path, caplog):
-    """4096x3072 float32 has 4.2 MB of levels on disk (from level 2 on): no room on a 2
-    MB tmpfs.  Preallocation
+    """2048x1536 float32 has 3.9 MB of levels: no room on a 2 MB tmpfs.  Preallocation
     fails before anything is mapped, nothing is left behind, every level is served from
     memory, and the move is logged once per image however often it is asked for."""
-    data = write_image(tmp_path, "big.fits", 4096, 3072)
+    data = write_image(tmp_path, "big.fits", 2048, 1536)
     with small_tmpfs(tmp_path / "fs", "2m") as fs:
         settings = settings_for(tmp_path, fs / "cache", IIPY_CACHE_DIR_MAX_MB="100")
         caplog.set_level(logging.WARNING, "iipy.imaging.pyramid")
@@ -103,7 +102,7 @@ def test_full_file_system_falls_back_to_memory_logged_once(tmp_path, caplog):
 def test_disk_filling_between_levels_leaves_nothing(tmp_path, monkeypatch):
     """The first level's blocks can be reserved, the second's cannot: the half-made
     pyramid is removed at once and never read; once there is room it is built."""
-    data = write_image(tmp_path, "img.fits", 2400, 2200)  # levels 2-4: 1.26 + 0.31 + 0.08 MB
+    data = write_image(tmp_path, "img.fits", 1200, 1100)  # levels: 1.26 + 0.31 + 0.08 MB
     with small_tmpfs(tmp_path / "fs", "2m") as fs:
         settings = settings_for(tmp_path, fs / "cache", IIPY_CACHE_DIR_MAX_MB="100")
         (fs / "filler").write_bytes(b"\1" * (512 << 10))  # 1.5 MB left
@@ -117,17 +116,17 @@ def test_disk_filling_between_levels_leaves_nothing(tmp_path, monkeypatch):
         monkeypatch.setattr(os, "posix_fallocate", spy)
         p = open_pyramid(settings, "img.fits")
         p.ensure()
-        assert calls == [4 * 600 * 550, 4 * 300 * 275]  # level 2 reserved, level 3 not
+        assert calls == [4 * 600 * 550, 4 * 300 * 275]  # level 1 reserved, level 2 not
         assert not p.on_disk
         assert os.listdir(fs / "cache") == [p._key() + ".lock"]
         assert_matches_model(p, data)
         p.close()
         os.unlink(fs / "filler")
         q = open_pyramid(settings, "img.fits")  # room now: built on disk, complete
-        q.ensure()
+        q.complete()
         assert q.on_disk
         assert sorted(os.listdir(fs / "cache" / q._key())) == [
-            "level2.f32", "level3.f32", "level4.f32", "meta.json"]
+            "level1.f32", "level2.f32", "level3.f32", "meta.json"]
         assert_matches_model(q, data)
         q.close()
 
@@ -138,14 +137,14 @@ def test_pyramid_with_short_level_file_is_never_read(tmp_path):
     data = write_image(tmp_path, "img.fits", 1000, 900)
     settings = settings_for(tmp_path, tmp_path / "cache")
     p = open_pyramid(settings, "img.fits")
-    p.ensure()
+    p.complete()
     p.close()
-    level2 = tmp_path / "cache" / p._key() / "level2.f32"
-    with open(level2, "r+b") as f:
+    level1 = tmp_path / "cache" / p._key() / "level1.f32"
+    with open(level1, "r+b") as f:
         f.truncate(1000)
     q = open_pyramid(settings, "img.fits")
-    q.ensure()
-    assert q.on_disk and level2.stat().st_size == 4 * 250 * 225
+    q.complete()
+    assert q.on_disk and level1.stat().st_size == 4 * 500 * 450
     assert_matches_model(q, data)
     q.close()
 
@@ -250,8 +249,8 @@ class Holder:
 def build_all(settings: Settings, names: list[str]) -> None:
     for name in names:
         p = open_pyramid(settings, name)
-        p.ensure()
-        assert p.on_disk, p.not_on_disk
+        p.complete()  # level 1 too, as ``iipy pyramid`` writes it
+        assert p.on_disk and p.levels[0] is not None, p.not_on_disk
         p.close()
 
 
@@ -297,7 +296,7 @@ def test_builder_keeps_the_directory_within_its_bound(tmp_path):
     least recently used ones: the directory never holds more than 1 MB."""
     names = ["p%d.fits" % i for i in range(5)]
     for i, name in enumerate(names):
-        write_image(tmp_path, name, 1200, 1000, seed=i)  # 300x250 + 150x125 float32, meta.json
+        write_image(tmp_path, name, 600, 500, seed=i)  # 300x250 + 150x125 float32, meta.json
     cache = tmp_path / "cache"
     settings = settings_for(tmp_path, cache, IIPY_CACHE_DIR_MAX_MB="1")
     for i, name in enumerate(names):
@@ -308,7 +307,7 @@ def test_builder_keeps_the_directory_within_its_bound(tmp_path):
 
 
 def test_pyramid_larger_than_the_bound_is_kept_in_memory(tmp_path, caplog):
-    data = write_image(tmp_path, "big.fits", 4096, 3072)  # 4.2 MB of levels on disk
+    data = write_image(tmp_path, "big.fits", 2048, 1536)  # 3.9 MB of levels
     cache = tmp_path / "cache"
     settings = settings_for(tmp_path, cache, IIPY_CACHE_DIR_MAX_MB="2")
     caplog.set_level(logging.WARNING, "iipy.imaging.pyramid")
@@ -386,7 +385,7 @@ def test_stale_pyramid_in_use_is_kept(tmp_path):
 
 def test_iipy_cache_lists_and_prunes(tmp_path, monkeypatch, capsys):
     for i, name in enumerate(["a.fits", "b.fits", "c.fits"]):
-        write_image(tmp_path, name, 2000, 1800, seed=i)  # 1.15 MB of levels 2-4 each
+        write_image(tmp_path, name, 1000, 900, seed=i)  # about 1.15 MB of levels each
     cache = tmp_path / "cache"
     settings = settings_for(tmp_path, cache)
     build_all(settings, ["a.fits", "b.fits", "c.fits"])
@@ -395,7 +394,7 @@ def test_iipy_cache_lists_and_prunes(tmp_path, monkeypatch, capsys):
     b = open_pyramid(settings, "b.fits")  # open here: in use, and used now
     b.ensure()
     keys = {name: e.key for name, e in entries_by_image(cache).items()}
-    write_image(tmp_path, "c.fits", 2000, 1800, seed=7)
+    write_image(tmp_path, "c.fits", 1000, 900, seed=7)
     os.utime(tmp_path / "c.fits", ns=(0, 10**18))
     orphan = cache / ("e" * 32 + ".lock")
     orphan.touch()
@@ -440,7 +439,7 @@ def test_iipy_cache_lists_and_prunes(tmp_path, monkeypatch, capsys):
 
 
 def test_iipy_pyramid_says_when_the_levels_cannot_be_on_disk(tmp_path, monkeypatch, capsys):
-    write_image(tmp_path, "a.fits", 2000, 1800)
+    write_image(tmp_path, "a.fits", 1000, 900)
     monkeypatch.setenv("IIPY_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("IIPY_CACHE_DIR_MAX_MB", "1")  # 1.15 MB of levels do not fit
     assert cli.main(["pyramid", str(tmp_path / "a.fits")]) == 1
@@ -460,7 +459,7 @@ def test_read_only_directory_still_serves_its_pyramids(tmp_path):
         subprocess.run(["mount", "-o", "remount,ro", str(fs)], check=True)
         p = open_pyramid(settings, "a.fits")
         p.ensure()
-        assert p.on_disk and isinstance(p.levels[1], np.memmap), p.not_on_disk
+        assert p.on_disk and isinstance(p.levels[0], np.memmap), p.not_on_disk
         assert_matches_model(p, data)
         q = open_pyramid(settings, "b.fits")
         q.ensure()

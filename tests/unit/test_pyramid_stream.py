@@ -6,6 +6,7 @@ channels, on disk and in memory."""
 from __future__ import annotations
 
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -135,7 +136,7 @@ def test_build_reads_the_file_once_in_file_order(tmp_path, monkeypatch, cpus) ->
     display range only), bottom up; the levels' files are written, never mapped
     writable.  With more than one processor STIFF's statistic reads every row once more,
     in a thread of its own, in the order of the file; with one, the pass hands it the
-    rows."""
+    rows.  Level 1, written after the others, reads every row once more, bottom up."""
     monkeypatch.setattr(pyramid_module.os, "sched_getaffinity", lambda pid: set(range(cpus)))
     monkeypatch.setattr(pyramid_module, "BAND_BYTES", 8 * 200 * 8)
     rng = np.random.default_rng(7)
@@ -149,13 +150,16 @@ def test_build_reads_the_file_once_in_file_order(tmp_path, monkeypatch, cpus) ->
     original = image.read_rows
 
     def spy(c, y, h, **kw):
-        if kw.get("convert", True):
+        if threading.current_thread().name == "iipy-level1":
+            level1.append((y, h, kw.get("binned", False)))
+        elif kw.get("convert", True):
             reads.append((y, h, kw.get("binned", False)))
         else:
             scans.append((y, h))
         return original(c, y, h, **kw)
 
     scans: list[tuple[int, int]] = []
+    level1: list[tuple[int, int, bool]] = []
 
     image.read_rows = spy  # type: ignore[method-assign]
     maps = []
@@ -181,5 +185,10 @@ def test_build_reads_the_file_once_in_file_order(tmp_path, monkeypatch, cpus) ->
     covered = sorted(r for y, h, _ in bands for r in range(y, y + h))
     assert covered == list(range(200))
     assert maps and set(maps) == {"r"}
+    p.complete()
+    assert all(binned for _, _, binned in level1)
+    assert [y for y, _, _ in level1] == sorted((y for y, _, _ in level1), reverse=True)
+    assert sorted(r for y, h, _ in level1 for r in range(y, y + h)) == list(range(200))
+    assert p.levels[0] is not None and set(maps) == {"r"}
     p.close()
     assert os.listdir(tmp_path / "cache")
