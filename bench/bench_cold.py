@@ -14,6 +14,8 @@ through nginx with ``--nginx``):
   &obj=resolution-number&obj=bits-per-channel&obj=min-max-sample-values&obj=subject``),
   which needs the default display range and so the pyramid;
 * first tile: then ``JTL=0,0`` of the lowest level as VisiOmatic 2 asks for it;
+* whole pyramid on disk: until level 1, which follows the others in the background for
+  an uncompressed image, is there;
 
 the CPU time the workers used meanwhile (less sensitive than the wall time to other
 work on a shared machine), and samples every worker's ``/proc/PID/smaps_rollup`` every few milliseconds until the
@@ -282,10 +284,18 @@ def one_run(work: Path, image: Path, workers: int, use_nginx: bool, label: str) 
         sampler.stop()
         if b"Min-Max-sample-values:" not in meta or not tile.startswith(b"\xff\xd8"):
             raise SystemExit("bench: unexpected answers %r / %r" % (meta[:200], tile[:20]))
+        # level 1 of an uncompressed image is written in the background: until it is
+        # there the pyramid is not complete (its tiles are binned per request)
+        deadline = time.monotonic() + 300
+        while not any((run / "pyramids").glob("*/level1.f32")):
+            if time.monotonic() > deadline:
+                raise SystemExit("bench: level 1 never came")
+            time.sleep(0.005)
+        t3 = time.perf_counter()
         pyramid = disk_bytes(run / "pyramids")
         rng = [line for line in meta.decode("latin-1").split("\r\n")
                if line.startswith("Min-Max")][0]
-        return {"metadata": t1 - t0, "tile": t2 - t0, "cpu": cpu,
+        return {"metadata": t1 - t0, "tile": t2 - t0, "complete": t3 - t0, "cpu": cpu,
                 "private": max(sampler.peak_private.values()) / 1024,
                 "anon": max(sampler.peak_anon.values()) / 1024,
                 "idle": max(v[0] for v in sampler.baseline.values()) / 1024,
@@ -331,11 +341,13 @@ def main() -> int:
             runs = [one_run(work, image, workers, args.nginx, "%d-%d" % (s, workers))
                     for _ in range(args.repeat)]
             title = "%d GiB (%dx%d), %d worker%s" % (s, n, n, workers, "s" * (workers > 1))
-            line = ("%-30s metadata %s s, first tile %s s (worker CPU %s s), peak private %s MB "
-                    "(anonymous %s MB; %s MB idle), pyramid %.3fx the float32 image"
+            line = ("%-30s metadata %s s, first tile %s s (worker CPU %s s), whole pyramid "
+                    "on disk %s s, peak private %s MB (anonymous %s MB; %s MB idle), pyramid "
+                    "%.3fx the float32 image"
                     % (title, spread([r["metadata"] for r in runs], "%.3f"),
                        spread([r["tile"] for r in runs], "%.3f"),
                        spread([r["cpu"] for r in runs], "%.2f"),
+                       spread([r["complete"] for r in runs], "%.3f"),
                        spread([r["private"] for r in runs], "%.0f"),
                        spread([r["anon"] for r in runs], "%.0f"),
                        spread([r["idle"] for r in runs], "%.0f"),

@@ -85,6 +85,9 @@ _PART = "level1.f32.part"
 #: process tries again to write it when no process did.
 LEVEL1_POLL = 0.5
 LEVEL1_RETRY = 60.0
+#: Nice value of the thread that writes level 1: it takes the processor only when the
+#: requests leave it idle.
+WRITER_NICE = 19
 #: Default of IIPY_PYRAMID_MEMORY_MB.
 MEMORY_MB = 256
 #: A pyramid that is not on disk keeps its smallest levels up to this size in memory even
@@ -893,7 +896,8 @@ class _Level1Writer:
     True)``) into ``level1.f32.part``, whose blocks the build reserved, renamed to
     ``level1.f32`` when complete.  A writer that stopped (its image closed) or died leaves
     the file to the next one, which writes it whole again.  The pyramid's shared lock,
-    held by the process, keeps the directory from eviction meanwhile."""
+    held by the process, keeps the directory from eviction meanwhile.  The thread runs at
+    the lowest priority (``WRITER_NICE``): requests come first."""
 
     def __init__(self, pyramid: Pyramid, directory: str) -> None:
         self.pyramid = pyramid
@@ -924,6 +928,10 @@ class _Level1Writer:
         self.wait()
 
     def _run_logged(self) -> None:
+        try:  # background work: the requests of this worker come first (Linux: per thread)
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WRITER_NICE)
+        except (AttributeError, OSError):  # pragma: no cover - not Linux
+            pass
         try:
             self.run(blocking=False)
         except Exception as exc:  # the image became unreadable: binned per request

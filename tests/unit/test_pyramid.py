@@ -137,14 +137,17 @@ def test_level1_writer_that_died_is_replaced(image, monkeypatch):
 
 def test_closing_stops_the_level1_writer(image, monkeypatch):
     """An image closed while its level 1 is being written (the worker's store let it go)
-    stops the writer after its band, and the next process writes it."""
+    stops the writer after its band, and the next process writes it.  The writer runs at
+    the lowest priority."""
     tmp_path, data, settings = image
     monkeypatch.setattr(pyramid_module, "BAND_BYTES", 8 * 983 * 4)  # many bands
     started, release = threading.Event(), threading.Event()
+    nice: list[int] = []
     original = FitsImage.read_rows
 
     def slow(self, *args, **kwargs):
         if threading.current_thread().name == "iipy-level1":
+            nice.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
             started.set()
             release.wait(10)
         return original(self, *args, **kwargs)
@@ -158,6 +161,7 @@ def test_closing_stops_the_level1_writer(image, monkeypatch):
     directory = os.path.join(settings.cache_dir, p._key())
     left = os.listdir(directory)
     assert "level1.f32" not in left and "level1.f32.part" in left  # for the next writer
+    assert nice and set(nice) == {pyramid_module.WRITER_NICE}  # requests come first
     monkeypatch.undo()
     q = open_pyramid(settings)
     q.complete()
