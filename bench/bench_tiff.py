@@ -36,6 +36,7 @@ import argparse
 import os
 import random
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -186,4 +187,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    # stopped with SIGTERM: the finally blocks stop the servers it started
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     sys.exit(main())

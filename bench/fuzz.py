@@ -684,4 +684,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    # stopped with SIGTERM: the finally blocks stop the servers it started
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     sys.exit(main())

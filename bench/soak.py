@@ -35,6 +35,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -234,4 +235,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    # stopped with SIGTERM: the finally blocks stop the servers it started
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     sys.exit(main())
