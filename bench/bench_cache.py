@@ -150,8 +150,12 @@ class Bench:
         self.server_pin = ["taskset", "-c", "0"]
         self.other_cpu = [ncpu - 1] if ncpu > 1 else None
         self.other_pin = ["taskset", "-c", str(ncpu - 1)] if ncpu > 1 else []
+        # PYTHONPATH: the server runs this checkout's iipy, whatever the venv's
+        # (editable) install points to
         self.env = dict(os.environ, FILESYSTEM_PREFIX=str(work) + "/", VERBOSITY="0",
-                        LOGFILE=str(work / "server.log"), JPEG_QUALITY="90")
+                        LOGFILE=str(work / "server.log"), JPEG_QUALITY="90",
+                        PYTHONPATH=os.pathsep.join(
+                            filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
         self.lua = work / "replay.lua"
         self.lua.write_text(WRK_LUA)
 
