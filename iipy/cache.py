@@ -9,7 +9,7 @@ values (str, int, float, bool, None, nested tuples) that ``commands`` builds fro
 
 Keys.  A key tuple is hashed with BLAKE2b together with everything else that changes
 the bytes: the settings that appear in the output (Server token, CORS, Cache-Control,
-default JPEG quality, tile size, CVT limits, watermark), iipy's version and cache
+default JPEG quality, tile size, CVT limits, watermark, default display range), iipy's version and cache
 format, and a digest of iipy's code (so hosts share entries when they run the same
 build, and a rebuilt iipy never reads what an older one stored).  Two workers, or two hosts, with the same configuration compute the same
 digest for the same request, whatever order its modifiers were written in; a file
@@ -111,6 +111,8 @@ def output_settings(settings: Settings) -> tuple:
         ("codec_passthrough", settings.codec_passthrough),
         ("watermark", settings.watermark, settings.watermark_probability,
          settings.watermark_opacity),
+        # the default display range of every view that sets none (MINMAX)
+        ("display_range", settings.display_range),
     )
 
 

@@ -106,7 +106,8 @@ def test_key_digest_is_short_stable_and_covers_output_settings(monkeypatch):
     assert KeyHasher(base).digest(key[:-1] + (True,)) != digest
     for change in ({"cors": "*"}, {"cache_control": "no-store"}, {"jpeg_quality": 90},
                    {"server_token": "iipsrv/1.1"}, {"tile_size": 512},
-                   {"codec_passthrough": False}, {"png_quality": 9}, {"base_url": "http://x/"}):
+                   {"codec_passthrough": False}, {"png_quality": 9}, {"base_url": "http://x/"},
+                   {"display_range": "minmax"}):
         assert KeyHasher(base.replace(**change)).digest(key) != digest, change
     # settings that do not reach the bytes do not split the cache
     assert KeyHasher(base.replace(workers=7, verbosity=3)).digest(key) == digest
