@@ -37,6 +37,7 @@ import os
 import socket
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any, Callable, Generic, Hashable, TypeVar
 
 from iipy import __version__
@@ -45,7 +46,8 @@ from iipy.settings import Settings
 log = logging.getLogger(__name__)
 
 #: Changed whenever the cached bytes change meaning (response layout, key scheme).
-CACHE_FORMAT = 1
+#: 2: answers kept under their request string (``RequestEntry``).
+CACHE_FORMAT = 2
 #: Prefix of every memcached key (iipsrv uses ``iipsrv::``).
 KEY_PREFIX = "iipy:"
 #: Bytes per MB of MAX_IMAGE_CACHE_SIZE.
@@ -116,15 +118,32 @@ def output_settings(settings: Settings) -> tuple:
     )
 
 
-class KeyHasher:
-    """Turns a key tuple into a short hex digest that also covers the settings that
-    change the output and the iipy version."""
+def request_settings(settings: Settings) -> tuple:
+    """The settings that decide what a request string means: which file a FIF names,
+    how a IIIF request parses.  The request keys cover them besides
+    ``output_settings``; the normalised keys hold their outcome (the real path, the
+    view) instead."""
+    return (
+        ("filesystem_prefix", settings.filesystem_prefix),
+        ("filesystem_suffix", settings.filesystem_suffix),
+        ("filename_pattern", settings.filename_pattern),
+        ("iiif_version", settings.iiif_version),
+    )
 
-    __slots__ = ("_base",)
+
+class KeyHasher:
+    """Turns a key tuple, or a request string, into a short hex digest that also
+    covers the settings that change the output and the iipy version."""
+
+    __slots__ = ("_base", "_request_base")
 
     def __init__(self, settings: Settings):
         seed = repr((CACHE_FORMAT, __version__, CODE_DIGEST, output_settings(settings)))
         self._base = hashlib.blake2b(seed.encode("utf-8", "surrogateescape"), digest_size=16)
+        # a key tuple's repr starts with "(": this prefix keeps the two kinds apart
+        self._request_base = self._base.copy()
+        self._request_base.update(b"request\0" + repr(request_settings(settings)).encode(
+            "utf-8", "surrogateescape") + b"\0")
 
     def digest(self, key: Key) -> str:
         """32 hex digits.  ``repr`` of tuples of str, int, float, bool and None is the
@@ -132,6 +151,65 @@ class KeyHasher:
         h = self._base.copy()
         h.update(repr(key).encode("utf-8", "surrogateescape"))
         return h.hexdigest()
+
+    def request_digest(self, query: str, mapped: bool, accept: str | None) -> str:
+        """32 hex digits for a request string as the router reads it, whether it came
+        from URI_MAP, and the Accept header when the answer may depend on it (None
+        when it cannot)."""
+        q = query.encode("utf-8", "surrogatepass")
+        a = b"" if accept is None else accept.encode("utf-8", "surrogatepass")
+        h = self._request_base.copy()
+        h.update(b"%d %d %d\0" % (mapped, len(q), -1 if accept is None else len(a)))
+        h.update(q)
+        h.update(a)
+        return h.hexdigest()
+
+
+# ---- answers kept under their request string ---------------------------------------
+
+
+#: One file an answer was made from: the path asked for (before symbolic links were
+#: resolved), its real path, mtime in ns, size in bytes.
+FileIdentity = tuple[str, str, int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestEntry:
+    """A complete answer kept under its request string, with what it takes to give it
+    again without parsing the request: the files it was made from (to check they are
+    unchanged) and the labels of its metrics."""
+
+    status: int
+    protocol: str
+    command: str
+    files: tuple[FileIdentity, ...]
+    response: bytes  # the CGI bytes, as ``Response.to_bytes()``
+
+    def pack(self) -> bytes:
+        """The stored value: the length of the header (4 bytes, big-endian), the header
+        (status, protocol, command, then four fields per file, NUL-separated, UTF-8),
+        the response.  Paths hold no NUL (``paths.resolve`` refuses them)."""
+        fields = [str(self.status), self.protocol, self.command]
+        for requested, real, mtime_ns, size in self.files:
+            fields += (requested, real, str(mtime_ns), str(size))
+        head = "\0".join(fields).encode("utf-8", "surrogateescape")
+        return len(head).to_bytes(4, "big") + head + self.response
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> "RequestEntry | None":
+        """Inverse of ``pack``; None for anything that is not such a value."""
+        n = int.from_bytes(raw[:4], "big")
+        if len(raw) < 4 + n:
+            return None
+        fields = raw[4:4 + n].decode("utf-8", "surrogateescape").split("\0")
+        if len(fields) < 7 or (len(fields) - 3) % 4:
+            return None
+        try:
+            files = tuple((fields[i], fields[i + 1], int(fields[i + 2]), int(fields[i + 3]))
+                          for i in range(3, len(fields), 4))
+            return cls(int(fields[0]), fields[1], fields[2], files, raw[4 + n:])
+        except ValueError:
+            return None
 
 
 # ---- the one in-process LRU -------------------------------------------------------
@@ -527,8 +605,41 @@ class LayeredCache:
         return value
 
     def set(self, key: Key, value: bytes) -> None:
+        self.set_digest(self.hasher.digest(key), value)
+
+    def get_request(self, digest: str) -> tuple[bytes, str] | None:
+        """The value under a request digest (``KeyHasher.request_digest``) and the name
+        of the layer that had it; a memcached value is copied into memory.  Counts
+        nothing: the caller counts a hit it can use (``record_hit``), and a miss is
+        counted by the lookup of the normal path that follows, if it makes one."""
         t0 = time.perf_counter()
-        digest = self.hasher.digest(key)
+        found = None
+        if self.memory is not None:
+            value = self.memory.get_digest(digest)
+            if value is not None:
+                found = value, self.memory.name
+        if found is None and self.shared is not None:
+            value = self.shared.get_digest(digest)
+            if value is not None:
+                found = value, self.shared.name
+                if self.memory is not None:
+                    self.memory.set_digest(digest, value)
+        self.elapsed += time.perf_counter() - t0
+        return found
+
+    def record_hit(self, layer: str) -> None:
+        """Count a hit of ``get_request`` in ``layer`` as ``get`` counts its hits (a
+        memcached hit is a memory miss first)."""
+        self.looked_up = True
+        self.last_hit = layer
+        if self.memory is not None:
+            self.lookups.setdefault(self.memory.name, [0, 0])[layer != self.memory.name] += 1
+        if self.shared is not None and layer == self.shared.name:
+            self.lookups.setdefault(self.shared.name, [0, 0])[0] += 1
+
+    def set_digest(self, digest: str, value: bytes) -> None:
+        """Store ``value`` once in each layer."""
+        t0 = time.perf_counter()
         if self.memory is not None:
             self.memory.set_digest(digest, value)
         if self.shared is not None:

@@ -63,6 +63,9 @@ class ImageRef:
     size: int
     sequence: Sequence | None = None  # set when the FIF names an image sequence
     angles: tuple[int, int] = (0, 90)  # the view angles of this file of the sequence
+    #: The path asked for (FILESYSTEM_PREFIX + FIF + FILESYSTEM_SUFFIX), before its
+    #: symbolic links were resolved into ``path``; "" for a file of a sequence.
+    requested: str = ""
 
     @property
     def mtime(self) -> float:
@@ -143,7 +146,23 @@ def resolve(fif: str, settings: Settings) -> ImageRef:
         if sequence is None:
             raise missing
         return sequence_ref(fif, selector, sequence, 0, 90, settings)
-    return ImageRef(fif, real, selector, st.st_mtime_ns, st.st_size)
+    return ImageRef(fif, real, selector, st.st_mtime_ns, st.st_size, requested=full)
+
+
+def unchanged(requested: str, real: str, mtime_ns: int, size: int, settings: Settings) -> bool:
+    """Whether ``resolve`` would still find the same regular file for ``requested`` (a
+    path it resolved before, into ``real``): the same real path, still inside
+    FILESYSTEM_PREFIX, with the same mtime and size.  The same steps as ``resolve``
+    (the real path from the same per-worker cache), so an answer kept from that file
+    is given exactly when the file would be opened again."""
+    if "\x00" in requested or _realpath(requested) != real or not _inside(real, settings):
+        return False
+    try:
+        st = os.stat(real)
+    except (OSError, ValueError):
+        return False
+    return (stat_module.S_ISREG(st.st_mode) and st.st_mtime_ns == mtime_ns
+            and st.st_size == size)
 
 
 def sequence_ref(fif: str, selector: str, sequence: Sequence, horizontal: int,

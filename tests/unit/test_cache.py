@@ -143,13 +143,32 @@ def test_memcached_keys_fit_its_limits_and_stay_out_of_iipsrv_namespace(app):
     ("FIF=grey.fits&MINMAX=1:0,100&GAM=2&" + TILE, "FIF=grey.fits&GAM=2.0&MINMAX=1:0,100&" + TILE),
     ("FIF=grey.fits&" + TILE, "FIF=./grey.fits&" + TILE),
 ])
-def test_requests_that_mean_the_same_share_one_entry(app, first, second):
+def test_requests_that_mean_the_same_get_the_same_bytes_each_under_its_string(app, first,
+                                                                            second):
+    """An answer is kept once, under the request string that asked for it: another
+    spelling of the same request is rendered once more, to the same bytes, then kept
+    under its own string."""
     a = get(app, first)
     assert a.status == 200 and app.cache.outcome() == "miss"
     b = get(app, second)
-    assert app.cache.outcome() == "memory"
+    assert app.cache.outcome() == "miss"
     assert b.to_bytes() == a.to_bytes()
+    assert len(app.cache.memory) == 2
+    assert get(app, second).to_bytes() == a.to_bytes() and app.cache.outcome() == "memory"
+    assert len(app.cache.memory) == 2
+
+
+def test_til_tiles_are_kept_under_their_normalised_key_and_serve_jtl(app):
+    """TIL's tiles have no request string of their own: they are kept under JTL's
+    normalised key, where a JTL of the same tile finds them."""
+    til = get(app, "FIF=grey.fits&CMP=jet&TIL=1,0,0")
+    assert til.status == 200 and app.cache.outcome() == "miss"
     assert len(app.cache.memory) == 1
+    jtl = get(app, "FIF=grey.fits&CMP=jet&" + TILE)
+    assert app.cache.outcome() == "memory"
+    assert jtl.body in til.body
+    fresh = Application(app.settings.replace(max_image_cache_size=0))
+    assert get(fresh, "FIF=grey.fits&CMP=jet&" + TILE).to_bytes() == jtl.to_bytes()
 
 
 @pytest.mark.parametrize("other", [

@@ -67,6 +67,16 @@ class Context:
     output: Response | None = None
     timings: Timings = field(default_factory=Timings)
     command: str = ""  # the command running, or the last one run (for the log and metrics)
+    #: Every image the request resolved, in order (FIF, SDS, the path-like protocols).
+    refs: list[ImageRef] = field(default_factory=list)
+    #: Whether the answer may depend on the Accept header (IIIF's version negotiation).
+    read_accept: bool = False
+    #: Set by the router when it may keep the answer under its request string: stores
+    #: of ``cached`` then wait in ``pending`` until the router knows the answer.
+    defer_stores: bool = False
+    pending: list[tuple[tuple, Response]] = field(default_factory=list)
+    #: The last response ``cached`` returned (from the cache or just made).
+    last_cached: Response | None = None
 
     def require_image(self, argument: str = "") -> OpenImage | None:
         if self.image is None:
@@ -77,15 +87,27 @@ class Context:
         """The response for ``key`` from the cache, or ``produce()`` stored there.
 
         ``key`` must hold everything that changes the bytes besides the settings: the
-        output command and its arguments, the image identity, the view."""
+        output command and its arguments, the image identity, the view.  With
+        ``defer_stores`` the store is left to the router (``pending``)."""
         raw = self.cache.get(key)
         if raw is not None:
             self.timings.cache_hit = True
-            return Response.from_bytes(raw)
-        response = produce()
-        if response.cacheable:
-            self.cache.set(key, response.to_bytes())
+            response = Response.from_bytes(raw)
+        else:
+            response = produce()
+            if response.cacheable:
+                if self.defer_stores:
+                    self.pending.append((key, response))
+                else:
+                    self.cache.set(key, response.to_bytes())
+        self.last_cached = response
         return response
+
+    def opened(self, ref: ImageRef, image: OpenImage) -> None:
+        """Make ``image`` (resolved as ``ref``) the request's image."""
+        self.image = image
+        self.ref = ref
+        self.refs.append(ref)
 
     @property
     def quality(self) -> int:

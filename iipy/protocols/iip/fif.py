@@ -14,8 +14,7 @@ def cmd_fif(ctx: Context, cmd: Command) -> None:
     ref = resolve(cmd.arg, ctx.settings)
     if ctx.if_modified_since is not None and ref.mtime <= ctx.if_modified_since:
         raise NotModified()
-    ctx.image = ctx.store.open(ref)
-    ctx.ref = ref
+    ctx.opened(ref, ctx.store.open(ref))
 
 
 def open_path(ctx: Context, path: str) -> OpenImage:
@@ -36,8 +35,7 @@ def open_view(ctx: Context, horizontal: int, vertical: int) -> None:
         return
     new = sequence_ref(ref.fif, ref.selector, ref.sequence, horizontal, vertical,
                        ctx.settings)
-    ctx.image = ctx.store.open(new)
-    ctx.ref = new
+    ctx.opened(new, ctx.store.open(new))
 
 
 def cmd_sds(ctx: Context, cmd: Command) -> None:

@@ -102,6 +102,7 @@ def picture(ctx: Context, request: iiif.IIIFImageRequest, image: OpenImage) -> N
 
 def cmd_iiif(ctx: Context, cmd: Command) -> None:
     accept = ctx.params.get("HTTP_ACCEPT", "")
+    ctx.read_accept = True
     version = iiif.negotiate_version(ctx.settings.iiif_version, accept)
     request = iiif.parse(cmd.arg, version, encode.FORMATS)
     if isinstance(request, iiif.IIIFRedirect):
