@@ -153,8 +153,9 @@ def test_counters_after_a_known_sequence_of_requests(iipy_server, memcached):
     assert m["iipy_response_bytes_total"] == sum(len(body) for _, _, body in sent)
     assert m["iipy_requests_abandoned_total"] == 0
     stage = 'iipy_request_stage_seconds_count{stage="%s"}'
+    # the three hits (two in memory, one in memcached) are answered before parsing
     assert [m[stage % s] for s in ("parse", "cache", "read", "render", "encode", "total")] == \
-        [7, 5, 2, 2, 2, 9]
+        [4, 5, 2, 2, 2, 9]
     assert m['iipy_request_stage_seconds_bucket{stage="total",le="+Inf"}'] == 9
     assert m['iipy_request_stage_seconds_sum{stage="read"}'] > 0
     assert m["iipy_pyramid_build_seconds_count"] == 1
@@ -188,7 +189,41 @@ def test_counters_after_a_known_sequence_of_requests(iipy_server, memcached):
     assert [r["pid"] for r in lines] == first_worker * 8 + second_worker
     assert lines[0]["query"] == TILE and lines[0]["protocol"] == "iip"
     assert set(lines[0]["ms"]) == {"parse", "cache", "read", "render", "encode", "total"}
-    assert set(lines[8]["ms"]) == {"parse", "cache", "total"}
+    assert set(lines[8]["ms"]) == {"cache", "total"}  # answered before parsing
+
+
+def test_memcached_hit_in_another_process_is_answered_before_parsing(iipy_server, memcached):
+    """A tile kept in memcached by one worker is sent by its replacement (another
+    process, an empty memory layer) from the request string alone: no parse stage in
+    the metrics or the JSON log line, the labels and bytes of the first answer."""
+    mc = memcached()
+    server, port = start(iipy_server, IIPY_WORKERS=1, MEMCACHED_SERVERS=mc.fcgi_pass)
+    query = "IIIF=sky.fits/full/max/0/default.jpg"
+    first = fcgi(server, query)
+    assert first[0] == 200 and first[1][:2] == b"\xff\xd8"
+    os.kill(server.proc.pid, signal.SIGHUP)
+    wait_for(lambda: scrape(port).get("iipy_worker_recycles_total") == 1, "the recycle")
+    assert fcgi(server, query) == first
+    assert fcgi(server, query, "HEAD") == (200, b"")
+
+    lines = [line for line in request_lines(server) if line["query"] == query]
+    assert [(line["method"], line["protocol"], line["command"], line["status"], line["cache"],
+             line["bytes"]) for line in lines] == [
+        ("GET", "iiif", "iiif", 200, "miss", len(first[1])),
+        ("GET", "iiif", "iiif", 200, "memcached", len(first[1])),
+        ("HEAD", "iiif", "iiif", 200, "memory", 0),
+    ]
+    assert lines[0]["pid"] != lines[1]["pid"] == lines[2]["pid"]
+    assert "parse" in lines[0]["ms"] and "render" in lines[0]["ms"]
+    assert sorted(lines[1]["ms"]) == sorted(lines[2]["ms"]) == ["cache", "total"]
+
+    m = scrape(port)
+    stage = 'iipy_request_stage_seconds_count{stage="%s"}'
+    assert (m[stage % "parse"], m[stage % "cache"], m[stage % "total"]) == (1, 3, 3)
+    assert m['iipy_requests_total{protocol="iiif",command="iiif",status="200"}'] == 3
+    assert m['iipy_cache_hits_total{layer="memcached"}'] == 1
+    assert m['iipy_cache_hits_total{layer="memory"}'] == 1
+    assert m["iipy_response_bytes_total"] == 2 * len(first[1])
 
 
 def test_health_fails_while_a_worker_is_stopped_and_counts_add_up(iipy_server):
