@@ -1,22 +1,32 @@
 """Caches of finished responses: per worker in memory, shared through memcached.
 
-Every cache here implements the ``TileCache`` protocol of :mod:`iipy.protocols.iip.commands`:
-``get(key) -> bytes | None`` and ``set(key, value)``, where ``key`` is a tuple of plain
-values (str, int, float, bool, None, nested tuples) that ``commands`` builds from the
-*normalised* request (the output command and its arguments, the image identity
-(path, HDU selector, mtime_ns, size), the view) and ``value`` is the complete response
-(``Response.to_bytes()``).
+Two kinds of key, one digest space.  Most answers are kept under their *request
+string* (``KeyHasher.request_digest``: the string the router reads, after URI_MAP,
+whether it was mapped, and the Accept header of a IIIF request), as a
+``RequestEntry``: the files the answer was made from (path asked for, real path,
+mtime_ns, size), its status and metrics labels, and the complete response
+(``Response.to_bytes()``).  The router looks that key up before parsing and sends the
+stored bytes when every file is unchanged (``iipy.imaging.paths.unchanged``).  The
+commands also look up a key tuple of the *normalised* request (the output command and
+its arguments, the image identity (path, HDU selector, mtime_ns, size), the view;
+``TileCache`` of :mod:`iipy.protocols.iip.context`: ``get(key) -> bytes | None`` and
+``set(key, value)``), whose value is the response alone: where TIL keeps its tiles
+and where answers are kept that cannot be checked before parsing.  An answer is
+stored under one of the two, once per layer.
 
-Keys.  A key tuple is hashed with BLAKE2b together with everything else that changes
-the bytes: the settings that appear in the output (Server token, CORS, Cache-Control,
-default JPEG quality, tile size, CVT limits, watermark, default display range), iipy's version and cache
-format, and a digest of iipy's code (so hosts share entries when they run the same
-build, and a rebuilt iipy never reads what an older one stored).  Two workers, or two hosts, with the same configuration compute the same
-digest for the same request, whatever order its modifiers were written in; a file
-that changes on disk changes its identity, so its old entries are never found again
-(they age out).  In memcached the key is ``iipy:<32 hex digits>``: always 37 bytes,
-within memcached's 250-byte limit whatever the request length, and never in iipsrv's
-``iipsrv::`` namespace, so both servers can share one memcached.
+Keys.  Either is hashed with BLAKE2b together with everything else that changes the
+bytes: the settings that appear in the output (Server token, CORS, Cache-Control,
+default JPEG quality, tile size, CVT limits, watermark, default display range), the
+cache format, iipy's version, and a digest of iipy's code (so hosts share entries
+when they run the same build, and a rebuilt iipy never reads what an older one
+stored); a request string also with the settings that give it its meaning
+(``request_settings``).  Two workers, or two hosts, with the same configuration
+compute the same digest for the same request.  A file that changes on disk changes
+its identity: a normalised key then changes and its old entries age out; an entry
+under a request string is refused and replaced.  In memcached the key is
+``iipy:<32 hex digits>``: always 37 bytes, within memcached's 250-byte limit whatever
+the request length, and never in iipsrv's ``iipsrv::`` namespace, so both servers can
+share one memcached.
 
 ``MemoryCache`` is a least-recently-used map bounded in bytes (MAX_IMAGE_CACHE_SIZE MB
 per worker process, as iipsrv's tile cache).  ``MemcachedCache`` is the only user of

@@ -6,6 +6,11 @@ a request body is ignored); HEAD gets the same headers, Content-Length included,
 body; OPTIONS gets ``204 No Content`` (the CORS preflight answer when CORS is set);
 anything else gets ``405 Method Not Allowed``.  A missing REQUEST_METHOD means GET.
 
+Cache hits are answered before parsing: a GET, POST or HEAD without If-Modified-Since
+is looked up under its request string, and the stored answer is sent as it is when the
+files it was made from are unchanged (docs/protocol.md §4.3); the normal path stores
+the answers it makes (``Application._keep``).
+
 Every request is accounted for once it is answered: counted on the worker's metrics
 recorder (when the FastCGI worker set one), and logged at VERBOSITY=2, either as
 iipsrv-style text (the status, the request string, the milliseconds of the whole and
@@ -102,7 +107,7 @@ class Application:
 
     def _early(self, params: dict[str, str], method: str,
                start: float) -> tuple[bytes | None, str | None]:
-        """The lookup before parsing (docs/pipeline.md, "Response caches").
+        """The lookup before parsing (docs/protocol.md §4.3).
 
         Returns the bytes of the answer kept under this request string when every file
         it was made from is unchanged (the request is accounted for here), else None;
