@@ -20,8 +20,10 @@ memcached
 Every URL is requested once before the measured runs (that fills the caches), then the
 servers alternate, ``--repeat`` runs each.  memcached's get_hits/get_misses are read
 after each setup to show both servers really used it.  Prints tiles/s, mean and p99
-latency per run, medians, and the ratios iipy/iipsrv.  Figures go in notes, not in
-assertions.
+latency per run, the server's CPU time per request (its processes' user and system
+time during the run over the requests answered: what a hit costs the server, whether
+or not nginx, wrk and memcached, sharing the last CPU, are what limits the tiles/s),
+medians, and the ratios iipy/iipsrv.  Figures go in notes, not in assertions.
 
 Needs: nginx, wrk, memcached, iipimage-server (apt), tifffile (pip install -e .[test]).
 """
@@ -121,7 +123,24 @@ def tile_paths(size: int, tile: int, fif: str, seed: int = 2) -> list[str]:
     return paths
 
 
-Result = tuple[float, float, float, int]  # tiles/s, mean ms, p99 ms, errors
+Result = tuple[float, float, float, int, float]  # tiles/s, mean ms, p99 ms, errors, CPU us/tile
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system seconds of a process and its children (the workers), so far."""
+    hz = os.sysconf("SC_CLK_TCK")
+    ticks = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry) == pid or int(fields[1]) == pid:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / hz
 
 
 def mc_stats(port: int) -> dict[str, int]:
@@ -146,6 +165,7 @@ class Bench:
         self.args = args
         self.work = work
         self.procs: list[subprocess.Popen] = []
+        self.servers: dict[str, int] = {}  # name -> pid (taskset execs the server)
         ncpu = os.cpu_count() or 1
         self.server_pin = ["taskset", "-c", "0"]
         self.other_cpu = [ncpu - 1] if ncpu > 1 else None
@@ -198,11 +218,13 @@ class Bench:
         """Start iipy, iipsrv and nginx; return nginx's port."""
         iipy_port, iipsrv_port, http_port = free_port(), free_port(), free_port()
         exe = str(Path(sys.executable).with_name("iipsrv.fcgi"))
-        self.spawn(self.server_pin + [exe, "--bind", "127.0.0.1:%d" % iipy_port],
-                   dict(self.env, IIPY_WORKERS="1", IIPY_CACHE_DIR=str(self.work / "c"),
-                        **iipy_env))
-        self.spawn(self.server_pin + [IIPSRV, "--bind", "127.0.0.1:%d" % iipsrv_port],
-                   dict(self.env, OMP_NUM_THREADS="1", **iipsrv_env))
+        self.servers["iipy"] = self.spawn(
+            self.server_pin + [exe, "--bind", "127.0.0.1:%d" % iipy_port],
+            dict(self.env, IIPY_WORKERS="1", IIPY_CACHE_DIR=str(self.work / "c"),
+                 **iipy_env)).pid
+        self.servers["iipsrv"] = self.spawn(
+            self.server_pin + [IIPSRV, "--bind", "127.0.0.1:%d" % iipsrv_port],
+            dict(self.env, OMP_NUM_THREADS="1", **iipsrv_env)).pid
         conf = self.work / ("nginx-%d.conf" % http_port)
         conf.write_text(NGINX_CONF.format(work=self.work, port=http_port, iipy_port=iipy_port,
                                           iipsrv_port=iipsrv_port))
@@ -248,16 +270,19 @@ class Bench:
         for i in range(self.args.repeat):
             for name in ("iipy", "iipsrv"):
                 pf, _ = self.paths(name)
-                r = run_wrk("http://127.0.0.1:%d/%s" % (http_port, name), pf, self.lua,
+                cpu0 = cpu_seconds(self.servers[name])
+                w = run_wrk("http://127.0.0.1:%d/%s" % (http_port, name), pf, self.lua,
                             self.args.duration, self.args.connections, self.other_cpu)
+                cpu = cpu_seconds(self.servers[name]) - cpu0
+                r = w + (1e6 * cpu / max(1.0, w[0] * self.args.duration),)
                 results[name].append(r)
                 print("  %-9s run %d %-7s %8.1f tiles/s  mean %6.2f ms  p99 %6.2f ms  errors %d"
-                      % (label, i + 1, name, r[0], r[1], r[2], r[3]))
+                      "  server CPU %6.1f us/tile" % (label, i + 1, name, *r))
         return results
 
 
 def medians(results: dict[str, list[Result]]) -> dict[str, list[float]]:
-    return {n: [statistics.median(v[j] for v in rs) for j in range(3)]
+    return {n: [statistics.median(v[j] for v in rs) for j in (0, 1, 2, 4)]
             for n, rs in results.items()}
 
 
@@ -313,10 +338,11 @@ def main() -> int:
         print("\nmedians over %d runs:" % args.repeat)
         for setup, med in summary.items():
             for n in ("iipy", "iipsrv"):
-                print("  %-9s %-7s %8.1f tiles/s  mean %6.2f ms  p99 %6.2f ms"
-                      % (setup, n, med[n][0], med[n][1], med[n][2]))
+                print("  %-9s %-7s %8.1f tiles/s  mean %6.2f ms  p99 %6.2f ms  server CPU "
+                      "%6.1f us/tile" % (setup, n, *med[n]))
         for setup, med in summary.items():
-            print("  ratio iipy/iipsrv, %-9s %.2f" % (setup, med["iipy"][0] / med["iipsrv"][0]))
+            print("  ratio iipy/iipsrv, %-9s %.2f (server CPU per tile: iipsrv/iipy %.2f)"
+                  % (setup, med["iipy"][0] / med["iipsrv"][0], med["iipsrv"][3] / med["iipy"][3]))
         if "memory" in summary and "memcached" in summary:
             print("  iipy with memcached only / iipsrv with its in-process cache: %.2f"
                   % (summary["memcached"]["iipy"][0] / summary["memory"]["iipsrv"][0]))
