@@ -16,8 +16,9 @@ generator to the last one when the machine has more CPUs than that.
 * cold: both servers freshly started and answering (iipy with an empty pyramid
   directory, so the first low-resolution tile builds the pyramid), the first 400 requests of a browsing
   session (zooming in from the smallest level) sent once each over ``--connections``
-  kept-alive HTTP connections;
-* warm: the same shuffled list of distinct VisiOmatic 2 tile URLs (default view,
+  kept-alive HTTP connections; iipsrv's session starts once iipy's pyramid is whole
+  (its level 1 follows the other levels in the background), so that it runs alone;
+* warm: on whole pyramids, the same shuffled list of distinct VisiOmatic 2 tile URLs (default view,
   MINMAX, CMP=jet, INV+CNT variants, all with ``GAM=0.4545&CTW=...``) replayed with wrk
   against each server, alternating, ``--repeat`` times (medians).
 
@@ -387,6 +388,8 @@ def run_case(work: Path, size: int, channels: int, procs: int, args, lua: Path,
         for name in ("iipy", "iipsrv"):
             paths = browsing_paths(size, 256, names[name], channels)
             out["cold"][name] = replay_once(servers.port, name, paths, args.connections)
+            if name == "iipy":  # iipsrv's session on a quiet machine, not beside level 1
+                wait_for_whole_pyramids(servers.run / "pyr")
     finally:
         servers.close()
     # warm: distinct URLs replayed with wrk after a warm-up
@@ -400,6 +403,7 @@ def run_case(work: Path, size: int, channels: int, procs: int, args, lua: Path,
             files[name] = pf
             run_wrk("http://127.0.0.1:%d/%s" % (servers.port, name), pf, lua, 2,
                     args.connections, servers.client_cpus)
+        wait_for_whole_pyramids(servers.run / "pyr")
         runs: dict[str, list] = {"iipy": [], "iipsrv": []}
         for _ in range(args.repeat):
             for name in ("iipy", "iipsrv"):
@@ -411,6 +415,17 @@ def run_case(work: Path, size: int, channels: int, procs: int, args, lua: Path,
     finally:
         servers.close()
     return out
+
+
+def wait_for_whole_pyramids(cache: Path, timeout: float = 300.0) -> None:
+    """Wait until every pyramid in ``cache`` is whole: level 1 of an uncompressed FITS
+    file follows the other levels in the background (``level1.f32.part`` until then)."""
+    deadline = time.monotonic() + timeout
+    while any(cache.glob("*/level1.f32.part")) or any(
+            not (d / "level1.f32").exists() for d in cache.glob("*") if (d / "meta.json").exists()):
+        if time.monotonic() > deadline:
+            raise SystemExit("bench: the pyramid in %s stays incomplete" % cache)
+        time.sleep(0.01)
 
 
 def run_protocols(work: Path, size: int, channels: int, procs: int, args, lua: Path
