@@ -38,7 +38,6 @@ import random
 import re
 import selectors
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -51,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_tiles import free_port, level_sizes, wait_port  # noqa: E402
+from bench_tiles import free_port, level_sizes, run_main, wait_port  # noqa: E402
 
 NGINX_TEMPLATE = ROOT / "conf" / "nginx.conf.in"
 IIP_PATH = "/fcgi-bin/iipsrv.fcgi"
@@ -265,6 +264,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    # stopped with SIGTERM: the finally blocks stop the servers it started
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    sys.exit(main())
+    run_main(main)

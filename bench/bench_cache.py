@@ -34,7 +34,6 @@ import argparse
 import os
 import random
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -50,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_tiles import WRK_LUA, free_port, run_wrk, wait_port  # noqa: E402
+from bench_tiles import WRK_LUA, free_port, run_main, run_wrk, stop_groups, wait_port  # noqa: E402
 from tests.e2e._tiff import write_pyramid_tiff  # noqa: E402
 
 IIPSRV = "/usr/lib/iipimage-server/iipsrv.fcgi"
@@ -185,17 +184,7 @@ class Bench:
         return p
 
     def stop_all(self) -> None:
-        for p in self.procs:
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        for p in self.procs:
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+        stop_groups(self.procs, timeout=5)
         self.procs.clear()
 
     def prepare_images(self) -> None:
@@ -354,4 +343,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -33,8 +33,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from bench_tiles import free_port, run_main, stop_groups, wait_port  # noqa: E402
 from tests.fcgiclient import FCGIClient  # noqa: E402
 
 #: VisiOmatic 2's metadata request.
@@ -77,23 +76,6 @@ http {{
     }}
 }}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.02)
-    raise SystemExit("bench: nothing listens on port %d" % port)
 
 
 def write_fits(path: Path, size: int) -> None:
@@ -253,17 +235,7 @@ class Server:
         return body
 
     def close(self) -> None:
-        for p in reversed(self.procs):
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        for p in self.procs:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+        stop_groups(self.procs, timeout=20)
 
 
 def one_run(work: Path, image: Path, workers: int, use_nginx: bool, label: str) -> dict:
@@ -361,6 +333,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    # stopped with SIGTERM: the finally blocks stop the servers it started
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    sys.exit(main())
+    run_main(main)

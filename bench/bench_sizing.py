@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -47,8 +46,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_stages import write_image  # noqa: E402
-from bench_tiles import (WRK_LUA, free_port, level_sizes, run_wrk, tile_paths,  # noqa: E402
-                         wait_port)
+from bench_tiles import (WRK_LUA, free_port, level_sizes, run_main, run_wrk,  # noqa: E402
+                         stop_groups, tile_paths, wait_port)
 
 NGINX_CONF = """
 daemon off;
@@ -156,17 +155,7 @@ class Host:
         return out
 
     def close(self) -> None:
-        for proc in self.procs:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        for proc in self.procs:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_groups(self.procs, timeout=15)
 
 
 def _children(pid: int) -> list[int]:
@@ -386,6 +375,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    # stopped with SIGTERM: the finally blocks stop the servers it started
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    sys.exit(main())
+    run_main(main)

@@ -36,7 +36,6 @@ import argparse
 import os
 import random
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -50,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_tiles import IIPSRV, WRK_LUA, Servers, prepare, run_wrk, tile_paths  # noqa: E402
+from bench_tiles import IIPSRV, WRK_LUA, Servers, prepare, run_main, run_wrk, tile_paths  # noqa: E402
 
 
 def write_rgb_pyramid(work: Path, size: int) -> str:
@@ -187,6 +186,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    # stopped with SIGTERM: the finally blocks stop the servers it started
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    sys.exit(main())
+    run_main(main)

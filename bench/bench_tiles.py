@@ -52,6 +52,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -135,6 +136,30 @@ def wait_port(port: int, timeout: float = 60.0) -> None:
         except OSError:
             time.sleep(0.05)
     raise SystemExit("bench: nothing listens on port %d" % port)
+
+
+def stop_groups(procs: list[subprocess.Popen], timeout: float = 10.0) -> None:
+    """Stop processes started in sessions of their own (``start_new_session=True``):
+    SIGTERM to each group, in reverse order of start, then SIGKILL to a group that has
+    not exited within ``timeout`` seconds."""
+    for p in reversed(procs):
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    for p in procs:
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+def run_main(main: Callable[[], int]) -> None:
+    """Exit with ``main()``; stopped with SIGTERM, the finally blocks still stop the
+    servers the script started."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    sys.exit(main())
 
 
 def ctw_for(channels: int) -> str:
@@ -335,17 +360,7 @@ class Servers:
                                               start_new_session=True))
 
     def close(self) -> None:
-        for p in self.children:
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        for p in self.children:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+        stop_groups(self.children)
 
 
 def prepare(work: Path, size: int, channels: int) -> tuple[str, str]:
@@ -591,6 +606,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    # stopped with SIGTERM: the finally blocks stop the servers it started
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    sys.exit(main())
+    run_main(main)

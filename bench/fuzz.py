@@ -61,7 +61,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_tiles import free_port, wait_port  # noqa: E402
+from bench_tiles import free_port, run_main, stop_groups, wait_port  # noqa: E402
 from tests.fcgiclient import FCGIClient, record, request_bytes, split_cgi  # noqa: E402
 
 IIP_PATH = "/fcgi-bin/iipsrv.fcgi"
@@ -511,17 +511,7 @@ class Stack:
         return out
 
     def close(self) -> None:
-        for p in reversed(self.children):
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        for p in self.children:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+        stop_groups(self.children)
 
 
 class LogWatch:
@@ -684,6 +674,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    # stopped with SIGTERM: the finally blocks stop the servers it started
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    sys.exit(main())
+    run_main(main)

@@ -35,7 +35,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -46,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_tiles import Servers, tile_paths  # noqa: E402
+from bench_tiles import Servers, run_main, tile_paths  # noqa: E402
 
 WRK_LUA = """
 local paths = {}
@@ -235,6 +234,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    # stopped with SIGTERM: the finally blocks stop the servers it started
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    sys.exit(main())
+    run_main(main)
